@@ -1,0 +1,19 @@
+"""protonet: Caffe, re-made in Python and numpy.
+
+    import protonet as caffe
+    net = caffe.Net("models/lenet/lenet.prototxt", caffe.TEST)
+    net.forward()
+"""
+from .errors import ProtonetError
+from .layers import TEST, TRAIN, Layer, layer_type_list
+
+__version__ = "0.1.0"
+
+__all__ = ["Net", "ProtonetError", "TEST", "TRAIN", "Layer", "layer_type_list", "__version__"]
+
+
+def __getattr__(name):
+    if name == "Net":
+        from .net import Net
+        return Net
+    raise AttributeError(f"module 'protonet' has no attribute {name!r}")

@@ -1,0 +1,113 @@
+"""Blob: Caffe's n-dimensional array pair (data and diff), NCHW by convention."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ProtonetError
+
+
+class Blob:
+    """Holds ``data`` (values) and ``diff`` (gradients) of one shape and dtype.
+
+    Arrays are allocated with ``np.zeros`` (calloc: untouched pages cost no
+    memory), so a network can be shaped without committing memory. Reshaping
+    to a new shape replaces both arrays; reshaping to the same shape keeps
+    them, so layers may hold views into them between passes.
+    """
+
+    __slots__ = ("_shape", "_dtype", "_data", "_diff", "name")
+
+    def __init__(self, shape=(), dtype=np.float32, name: str = ""):
+        self._dtype = np.dtype(dtype)
+        self._shape: tuple[int, ...] = ()
+        self._data = None
+        self._diff = None
+        self.name = name
+        self.reshape(shape)
+
+    # -- shape ---------------------------------------------------------------
+    def reshape(self, shape) -> None:
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ProtonetError(f"blob '{self.name}': negative dimension in shape {list(shape)}")
+        if shape == self._shape and self._data is not None:
+            return
+        self._shape = shape
+        self._data = None
+        self._diff = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self._shape, dtype=np.int64))
+
+    @property
+    def num_axes(self) -> int:
+        return len(self._shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def canonical_axis(self, axis: int) -> int:
+        """Map a possibly negative axis to ``0..num_axes-1`` (Caffe's CanonicalAxisIndex)."""
+        n = self.num_axes
+        if not -n <= axis < n:
+            raise ProtonetError(
+                f"blob '{self.name}': axis {axis} out of range for shape {list(self._shape)}")
+        return axis % n if n else 0
+
+    def count_range(self, start: int, end: int | None = None) -> int:
+        """Product of dims ``start..end-1`` (Caffe's count(start, end))."""
+        return int(np.prod(self._shape[start:end], dtype=np.int64))
+
+    # -- arrays --------------------------------------------------------------
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.zeros(self._shape, self._dtype)
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        value = np.asarray(value)
+        if value.shape != self._shape:
+            raise ProtonetError(
+                f"blob '{self.name}': cannot set data of shape {list(value.shape)} "
+                f"into blob of shape {list(self._shape)}")
+        self.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        if self._diff is None:
+            self._diff = np.zeros(self._shape, self._dtype)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value) -> None:
+        value = np.asarray(value)
+        if value.shape != self._shape:
+            raise ProtonetError(
+                f"blob '{self.name}': cannot set diff of shape {list(value.shape)} "
+                f"into blob of shape {list(self._shape)}")
+        self.diff[...] = value
+
+    def share_data(self, other: "Blob") -> None:
+        """Use ``other``'s data memory, viewed in this blob's shape (Caffe's ShareData)."""
+        if other.count != self.count:
+            raise ProtonetError(f"blob '{self.name}': cannot share data of {other.count} "
+                                f"elements with a blob of {self.count}")
+        self._data = other.data.reshape(self._shape)
+
+    def share_diff(self, other: "Blob") -> None:
+        """Use ``other``'s diff memory, viewed in this blob's shape (Caffe's ShareDiff)."""
+        if other.count != self.count:
+            raise ProtonetError(f"blob '{self.name}': cannot share diff of {other.count} "
+                                f"elements with a blob of {self.count}")
+        self._diff = other.diff.reshape(self._shape)
+
+    def __repr__(self) -> str:
+        return f"Blob({self.name!r}, shape={list(self._shape)}, dtype={self._dtype.name})"

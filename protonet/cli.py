@@ -1,0 +1,164 @@
+"""The ``protonet`` command line: Caffe's tools under one roof.
+
+``main(argv=None) -> int`` runs in-process (tests call it directly). User
+errors (:class:`ProtonetError`) print one or two lines and exit 1; warnings
+about dropped or guessed input print as ``protonet: warning: ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from .errors import ProtonetError
+
+
+def _shape_arg(text: str):
+    try:
+        name, dims = text.split("=", 1)
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not TOP=N,C,H,W (e.g. data=64,1,28,28)") from None
+    if not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"'{text}' is not TOP=N,C,H,W with positive dims")
+    return name, shape
+
+
+def _add_net_args(p, lenient_default: bool):
+    p.add_argument("net", help="network definition (.prototxt)")
+    p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"],
+                   help="net phase for include/exclude rules (default: TEST)")
+    p.add_argument("--level", type=int, default=0, help="net state level (default: 0)")
+    p.add_argument("--stage", action="append", default=[],
+                   help="net state stage; repeat for several (or comma-separate)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--lenient", dest="lenient", action="store_true", default=lenient_default,
+                      help="accept Netscope's lenient dialect, warning on each dropped item"
+                      + (" (default)" if lenient_default else ""))
+    mode.add_argument("--strict", dest="lenient", action="store_false",
+                      help="accept exactly what Caffe accepts" + ("" if lenient_default
+                                                                  else " (default)"))
+
+
+def _stages(args) -> list[str]:
+    return [s for group in args.stage for s in group.split(",") if s]
+
+
+def cmd_summary(args) -> int:
+    from .net import Net
+    from .tools.summary import format_table, summarize, to_json
+    net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
+              lenient=args.lenient, init_weights=False,
+              shape_overrides=dict(args.input_shape))
+    summary = summarize(net)
+    print(to_json(summary) if args.json else format_table(summary))
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from .io import prototxt
+    from .proto import caffe_pb2
+    if prototxt.is_binary_proto(args.input):
+        message = prototxt.read_net_binary(args.input)
+    else:
+        text = prototxt.read_text(args.input)
+        if args.solver or (not args.net and _looks_like_solver(text)):
+            message = prototxt.parse_solver(text, args.input, args.lenient)
+        else:
+            message = prototxt.parse_net(text, args.input, args.lenient)
+    if args.output.endswith((".caffemodel", ".binaryproto")):
+        data = message.SerializeToString()
+        _atomic_write(args.output, data)
+    else:
+        _atomic_write(args.output, prototxt.write_text(message).encode("utf-8"))
+    kind = "solver" if isinstance(message, caffe_pb2.SolverParameter) else "net"
+    print(f"wrote upgraded {kind} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _looks_like_solver(text: str) -> bool:
+    """Whether the top-level fields are a SolverParameter's rather than a NetParameter's."""
+    from .io.lenient import parse_tree
+    from .proto import caffe_pb2
+    try:
+        keys = {entry.key for entry in parse_tree(text, "<input>")}
+    except ProtonetError:
+        return False
+    solver_only = set(caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name) - \
+        set(caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name)
+    return bool(keys & solver_only)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    import os
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ProtonetError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="protonet", description="Caffe, re-made in Python and numpy.")
+    parser.add_argument("--version", action="version", version=f"protonet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("summary", help="per-layer shapes, parameters, MACCs and memory",
+                       description="Print one row per layer: bottoms -> tops, top shapes, "
+                       "parameter count, multiply-accumulates and activation memory.")
+    _add_net_args(p, lenient_default=True)
+    p.add_argument("--input-shape", action="append", default=[], type=_shape_arg,
+                   metavar="TOP=N,C,H,W",
+                   help="shape of a data layer's top, instead of reading its source "
+                   "(repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) net or solver in today's format",
+                       description="Like Caffe's upgrade_net_proto_text / _binary and "
+                       "upgrade_solver_proto_text.")
+    p.add_argument("input", help="net or solver (.prototxt), or weights (.caffemodel)")
+    p.add_argument("output", help="where to write (.prototxt text; .caffemodel binary)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--solver", action="store_true", help="the input is a solver")
+    kind.add_argument("--net", action="store_true", help="the input is a net")
+    p.add_argument("--lenient", action="store_true", help="accept Netscope's lenient dialect")
+    p.set_defaults(func=cmd_upgrade)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            from .io.prototxt import ProtonetWarning
+            if issubclass(category, ProtonetWarning):
+                print(f"protonet: warning: {message}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            return args.func(args)
+        except ProtonetError as e:
+            print(f"protonet: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("protonet: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            warnings.showwarning = previous
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading training data: LMDB Datum databases and friends."""

@@ -1,0 +1,120 @@
+"""Pure kernels for convolution and pooling: output sizes, im2col, col2im.
+
+Everything works on the whole batch at once. The column buffer has shape
+``(C, kh, kw, N, Ho, Wo)``: its rows (``C*kh*kw``, channel-major, then kernel
+row, then kernel column) are Caffe's im2col rows, and its columns are
+``N*Ho*Wo``, so that one convolution is a single matmul
+
+    (O, C*kh*kw) @ (C*kh*kw, N*Ho*Wo) -> (O, N*Ho*Wo)
+
+and grouped convolution splits the rows into ``group`` equal blocks.
+im2col/col2im loop only over the ``kh*kw`` kernel taps; each tap is one
+strided slice. Padding is never materialised: cells of a tap that fall in
+the padding are zeros in the column buffer (im2col) or ignored (col2im).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv_out_size(size: int, kernel: int, pad: int = 0, stride: int = 1,
+                  dilation: int = 1) -> int:
+    """Convolution output extent (Caffe rounds down).
+
+    ``(size + 2*pad - (dilation*(kernel-1) + 1)) // stride + 1``; the result
+    is < 1 when the dilated kernel does not fit into the padded input.
+    """
+    extent = dilation * (kernel - 1) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def pool_out_size(size: int, kernel: int, pad: int = 0, stride: int = 1,
+                  ceil: bool = True) -> int:
+    """Pooling output extent, Caffe's rule (``pooling_layer.cpp`` Reshape).
+
+    ``ceil((size + 2*pad - kernel) / stride) + 1`` (``floor`` when ``ceil`` is
+    False); then, if ``pad > 0`` and the last window would start at or beyond
+    ``size + pad`` (wholly in the padding), that window is dropped. So
+    112/k3/s2/p1 gives 57 (PyTorch: 56) and 3/k2/s2/p1 gives 2 (not 3).
+    """
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _tap_range(size: int, out: int, offset: int, stride: int) -> tuple[int, int]:
+    """Output positions ``o`` in ``[lo, hi)`` whose input ``o*stride + offset`` lies in ``[0, size)``."""
+    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
+    hi = min(out, (size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+def _taps(shape, kernel, pad, stride, dilation, out_hw):
+    """Yield ``(i, j, (oh0, oh1), (ow0, ow1), h_slice, w_slice)`` for every kernel tap."""
+    H, W = shape
+    kh, kw = kernel
+    Ho, Wo = out_hw
+    for i in range(kh):
+        oh = _tap_range(H, Ho, i * dilation[0] - pad[0], stride[0])
+        h0 = oh[0] * stride[0] + i * dilation[0] - pad[0]
+        hs = slice(h0, h0 + (oh[1] - oh[0] - 1) * stride[0] + 1, stride[0])
+        for j in range(kw):
+            ow = _tap_range(W, Wo, j * dilation[1] - pad[1], stride[1])
+            w0 = ow[0] * stride[1] + j * dilation[1] - pad[1]
+            ws = slice(w0, w0 + (ow[1] - ow[0] - 1) * stride[1] + 1, stride[1])
+            yield i, j, oh, ow, hs, ws
+
+
+def im2col(x: np.ndarray, kernel, pad=(0, 0), stride=(1, 1), dilation=(1, 1),
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Unfold ``x`` of shape ``(N, C, H, W)`` into columns ``(C, kh, kw, N, Ho, Wo)``.
+
+    ``col[c, i, j, n, oh, ow] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]``,
+    zero where that index falls outside the image. ``kernel``, ``pad``,
+    ``stride`` and ``dilation`` are ``(h, w)`` pairs. ``out``, if given, must be
+    a C-contiguous array of the result's shape and dtype; it is overwritten.
+    """
+    N, C, H, W = x.shape
+    Ho = conv_out_size(H, kernel[0], pad[0], stride[0], dilation[0])
+    Wo = conv_out_size(W, kernel[1], pad[1], stride[1], dilation[1])
+    shape = (C, kernel[0], kernel[1], N, Ho, Wo)
+    if out is None:
+        out = np.empty(shape, x.dtype)
+    elif out.shape != shape:
+        raise ValueError(f"im2col: out has shape {out.shape}, expected {shape}")
+    xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view
+    for i, j, (oh0, oh1), (ow0, ow1), hs, ws in _taps((H, W), kernel, pad, stride, dilation,
+                                                       (Ho, Wo)):
+        dst = out[:, i, j]
+        if oh1 > oh0 and ow1 > ow0:
+            dst[:, :, oh0:oh1, ow0:ow1] = xt[:, :, hs, ws]
+        # the tap's cells that read padding
+        dst[:, :, :oh0] = 0
+        dst[:, :, oh1:] = 0
+        dst[:, :, oh0:oh1, :ow0] = 0
+        dst[:, :, oh0:oh1, ow1:] = 0
+    return out
+
+
+def col2im(col: np.ndarray, x_shape, kernel, pad=(0, 0), stride=(1, 1), dilation=(1, 1),
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Fold columns ``(C, kh, kw, N, Ho, Wo)`` back into an image ``(N, C, H, W)``.
+
+    The adjoint of :func:`im2col`: every column entry is added to the pixel it
+    was read from (entries that read padding are dropped). ``out``, if given,
+    is overwritten (not accumulated into).
+    """
+    N, C, H, W = x_shape
+    Ho, Wo = col.shape[-2:]
+    if out is None:
+        out = np.zeros(x_shape, col.dtype)
+    else:
+        out[...] = 0
+    ot = out.transpose(1, 0, 2, 3)  # (C, N, H, W), a view
+    for i, j, (oh0, oh1), (ow0, ow1), hs, ws in _taps((H, W), kernel, pad, stride, dilation,
+                                                       (Ho, Wo)):
+        if oh1 > oh0 and ow1 > ow0:
+            ot[:, :, hs, ws] += col[:, i, j, :, oh0:oh1, ow0:ow1]
+    return out

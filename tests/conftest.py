@@ -1,0 +1,30 @@
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def corpus_dir():
+    """The shared prototxt corpus: $PROTONET_CORPUS, else ../shared/corpus beside the repo."""
+    path = os.environ.get("PROTONET_CORPUS") or str(REPO.parent / "shared" / "corpus")
+    return pathlib.Path(path) if os.path.isfile(os.path.join(path, "MANIFEST.tsv")) else None
+
+
+@pytest.fixture
+def corpus():
+    path = corpus_dir()
+    if path is None:
+        pytest.skip("prototxt corpus not found (set PROTONET_CORPUS)")
+    return path
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write(text, name='net.prototxt') -> path of a file holding ``text``."""
+    def _write(text: str, name: str = "net.prototxt") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return _write
