@@ -56,6 +56,20 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_time(args) -> int:
+    import json
+
+    from .net import Net
+    from .tools.timing import format_timing, time_net
+    if args.iterations < 1:
+        raise ProtonetError("--iterations must be at least 1")
+    net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
+              lenient=args.lenient, seed=0, shape_overrides=dict(args.input_shape))
+    result = time_net(net, args.iterations, warmup=args.warmup)
+    print(json.dumps(result, indent=1) if args.json else format_timing(result))
+    return 0
+
+
 def cmd_upgrade(args) -> int:
     from .io import prototxt
     from .proto import caffe_pb2
@@ -101,6 +115,11 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise ProtonetError(f"{path}: cannot write ({e.strerror})") from None
 
 
+#: Modules that add their own subcommands through ``add_parsers(subparsers)``;
+#: each sets ``func`` (args -> exit status) on its parsers.
+SUBCOMMAND_MODULES = ("protonet.tools.data_commands", "protonet.solvers.commands")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
@@ -120,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("time", help="benchmark forward/backward, layer by layer (caffe time)",
+                       description="Average forward, backward and forward-backward "
+                       "milliseconds per iteration and per layer, after a warm-up.")
+    _add_net_args(p, lenient_default=False)
+    p.set_defaults(phase="TRAIN")
+    p.add_argument("--iterations", "-iterations", type=int, default=50,
+                   help="timed iterations (default: 50, as Caffe)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: 1)")
+    p.add_argument("--input-shape", action="append", default=[], type=_shape_arg,
+                   metavar="TOP=N,C,H,W", help="override an input layer's top shape")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_time)
+
     p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) net or solver in today's format",
                        description="Like Caffe's upgrade_net_proto_text / _binary and "
                        "upgrade_solver_proto_text.")
@@ -130,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--net", action="store_true", help="the input is a net")
     p.add_argument("--lenient", action="store_true", help="accept Netscope's lenient dialect")
     p.set_defaults(func=cmd_upgrade)
+
+    import importlib
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parsers(sub)
     return parser
 
 

@@ -126,7 +126,8 @@ def check_gradients(layer, bottom_arrays, *, num_top: int | None = None,
             a = analytic.reshape(-1)[i]
             scale = max(1.0, abs(a), abs(numeric))
             if abs(a - numeric) > threshold * scale:
-                failures.append(f"{label} index {np.unravel_index(i, blob.shape)}: "
+                where = tuple(int(k) for k in np.unravel_index(i, blob.shape))
+                failures.append(f"{label} index {where}: "
                                 f"analytic {a:.8g} vs numeric {numeric:.8g} (x = {x:.6g})")
     forward()
     if failures:

@@ -76,6 +76,8 @@ class Layer:
         self.rng: np.random.Generator = rng if rng is not None else np.random.default_rng()
         self.blobs: list[Blob] = []
         self.blob_fillers: list = []
+        #: per learnable blob: whether backward must compute its gradient (lr_mult != 0)
+        self.param_propagate_down: list[bool] = []
         self.loss_weights: list[float] = []
 
     # -- contract ----------------------------------------------------------------
@@ -104,6 +106,7 @@ class Layer:
         blob = Blob(shape, self.dtype, name=f"{self.name}[{len(self.blobs)}]")
         self.blobs.append(blob)
         self.blob_fillers.append(filler)
+        self.param_propagate_down.append(True)
         return blob
 
     def fill_params(self) -> None:
@@ -112,6 +115,16 @@ class Layer:
         for blob, filler in zip(self.blobs, self.blob_fillers):
             if filler is not None:
                 fill(blob.data, filler, self.rng)
+
+    # -- state that a snapshot must keep (beyond the learnable blobs) ----------------------------
+    def get_state(self) -> dict:
+        """Everything needed to continue this layer's trajectory exactly: the random
+        generator's state, plus what subclasses add (a data layer's read position).
+        Values are JSON-compatible."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
 
     # -- bookkeeping ---------------------------------------------------------------
     def check_blob_counts(self, bottom: list[Blob], top: list[Blob]) -> None:

@@ -1,0 +1,1 @@
+"""Solvers (being written)."""
