@@ -45,7 +45,7 @@ def pool_out_size(size: int, kernel: int, pad: int = 0, stride: int = 1,
 
 
 def _tap_range(size: int, out: int, offset: int, stride: int) -> tuple[int, int]:
-    """Output positions ``o`` in ``[lo, hi)`` whose input ``o*stride + offset`` lies in ``[0, size)``."""
+    """Outputs ``o`` in ``[lo, hi)`` whose input ``o*stride + offset`` is in ``[0, size)``."""
     lo = max(0, -(offset // stride))  # ceil(-offset / stride)
     hi = min(out, (size - 1 - offset) // stride + 1)
     return lo, max(lo, hi)

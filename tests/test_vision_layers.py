@@ -7,8 +7,11 @@ from protonet.errors import ProtonetError
 from protonet.layers.base import TEST, TRAIN
 from protonet.testing import check_gradients, make_layer, run_layer, setup_layer
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+
+@pytest.fixture
+def torch():
+    """PyTorch (CPU), the reference for the comparison tests; they skip without it."""
+    return pytest.importorskip("torch")
 
 FILLED = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
@@ -66,7 +69,8 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("params, shape", CONV_CASES)
-def test_convolution_matches_torch(params, shape):
+def test_convolution_matches_torch(params, shape, torch):
+    F = torch.nn.functional
     layer = conv_layer(params)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top, dy = forward_backward(layer, x)
@@ -86,7 +90,8 @@ def test_convolution_matches_torch(params, shape):
         assert layer.blobs[1].diff.dtype == np.float32
 
 
-def test_convolution_1d_matches_torch_conv1d():
+def test_convolution_1d_matches_torch_conv1d(torch):
+    F = torch.nn.functional
     layer = conv_layer("num_output: 4 kernel_size: 3 stride: 2 pad: 1 dilation: 2")
     x = np.random.default_rng(0).standard_normal((2, 3, 11)).astype(np.float32)
     bottom, top, dy = forward_backward(layer, x)
@@ -99,7 +104,8 @@ def test_convolution_1d_matches_torch_conv1d():
     assert_close(bottom[0].diff, xt.grad.numpy())
 
 
-def test_convolution_axis_flattens_leading_axes():
+def test_convolution_axis_flattens_leading_axes(torch):
+    F = torch.nn.functional
     layer = conv_layer("num_output: 2 kernel_size: 3 axis: 2")
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 5, 5)).astype(np.float32)
     (y,) = run_layer(layer, [x])
@@ -132,6 +138,22 @@ def test_convolution_param_diffs_accumulate_and_bottoms_share_weights():
     for p, d in zip(layer.blobs, once):
         np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-6)
     np.testing.assert_array_equal(layer.blobs[1].diff, np.full(3, 2 * 2 * 2 * 25))
+
+
+def test_convolution_skips_frozen_params():
+    layer = conv_layer("num_output: 3 kernel_size: 3 pad: 1", dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    bottom, top = setup_layer(layer, [x])
+    layer.param_propagate_down = [False, False]
+    layer.forward(bottom, top)
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    assert not layer.blobs[0].diff.any() and not layer.blobs[1].diff.any()
+    dx = bottom[0].diff.copy()
+    layer.param_propagate_down = [True, True]
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, dx)
+    assert layer.blobs[0].diff.any() and np.all(layer.blobs[1].diff == 2 * 25)
 
 
 GRAD_CASES = [
@@ -270,7 +292,8 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("params, shape", POOL_CASES)
-def test_pooling_matches_torch(method, params, shape):
+def test_pooling_matches_torch(method, params, shape, torch):
+    F = torch.nn.functional
     layer = pool_layer(f"pool: {method} {params}")
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top, dy = forward_backward(layer, x)
@@ -286,7 +309,8 @@ def test_pooling_matches_torch(method, params, shape):
     assert_close(bottom[0].diff, xt.grad.numpy(), 1e-6)
 
 
-def test_max_mask_top_matches_torch_indices():
+def test_max_mask_top_matches_torch_indices(torch):
+    F = torch.nn.functional
     layer = pool_layer("pool: MAX kernel_size: 3 stride: 2 pad: 1", top=2)
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
     y, mask = run_layer(layer, [x])
@@ -378,7 +402,7 @@ def test_stochastic_train_samples_a_cell_and_routes_its_gradient():
     layer = pool_layer("pool: STOCHASTIC kernel_size: 3 stride: 2", phase=TRAIN)
     bottom, top = setup_layer(layer, [x])
     layer.forward(bottom, top)
-    idx = layer._index
+    idx = layer.flat_index()
     y = top[0].data
     assert y.shape == (2, 3, 3, 3)
     for n, c, oh, ow in np.ndindex(y.shape):
@@ -399,7 +423,7 @@ def test_stochastic_train_samples_in_proportion_to_activations():
     layer = pool_layer("pool: STOCHASTIC kernel_size: 2 stride: 2", phase=TRAIN)
     bottom, top = setup_layer(layer, [x])
     layer.forward(bottom, top)
-    freq = np.bincount(layer._index.ravel(), minlength=4) / 4000
+    freq = np.bincount(layer.flat_index().ravel(), minlength=4) / 4000
     np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.025)
 
 

@@ -17,7 +17,7 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def _buffer(cache: dict, name: str, shape, dtype, fill=None) -> np.ndarray:
-    """A scratch array kept across passes; reallocated (and ``fill``-ed) when shape or dtype change."""
+    """A scratch array kept across passes; new (``fill``-ed) when shape or dtype change."""
     buf = cache.get(name)
     if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
         buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
@@ -175,8 +175,12 @@ class ConvolutionLayer(Layer):
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
         w_diff = self.blobs[0].diff.reshape(w.shape)
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
         for i in reversed(range(len(bottom))):  # the last forwarded bottom's columns are cached
             b, t = bottom[i], top[i]
+            if not (propagate_down[i] or want_w or want_b):
+                continue
             dy = t.diff.reshape(N, O, P)
             if N == 1:
                 dyg = dy.reshape(G, O // G, P)
@@ -184,11 +188,12 @@ class ConvolutionLayer(Layer):
                 dyg = _buffer(self._buf, "dy", (O, N, P), dy.dtype)
                 dyg[...] = dy.transpose(1, 0, 2)
                 dyg = dyg.reshape(G, O // G, N * P)
-            if self.bias_term:
+            if want_b:
                 self.blobs[1].diff += dyg.sum(axis=2).reshape(O)
-            col = self._col if self._col_of == i else self._columns(i, b.data)
-            # dW (G, O/G, K) += dy (G, O/G, N*P) @ col^T (G, N*P, K)
-            w_diff += np.matmul(dyg, col.transpose(0, 2, 1))
+            if want_w:
+                col = self._col if self._col_of == i else self._columns(i, b.data)
+                # dW (G, O/G, K) += dy (G, O/G, N*P) @ col^T (G, N*P, K)
+                w_diff += np.matmul(dyg, col.transpose(0, 2, 1))
             if not propagate_down[i]:
                 continue
             dx = b.diff.reshape(N, C, H, W)
@@ -196,14 +201,15 @@ class ConvolutionLayer(Layer):
                 np.matmul(w.transpose(0, 2, 1), dyg, out=dx.reshape(G, C // G, H * W))
                 continue
             # dcol (G, K, N*P) = W^T (G, K, O/G) @ dy (G, O/G, N*P), written over the columns
-            dcol = self._col
+            dcol = _buffer(self._buf, "col", (C,) + self.kernel + (N,) + self.out_hw, dy.dtype)
+            dcol = dcol.reshape(G, -1, N * P)
             np.matmul(w.transpose(0, 2, 1), dyg, out=dcol)
             self._col_of = None
             if self.is_1x1:
                 dx.reshape(N, C, H * W)[...] = dcol.reshape(C, N, H * W).transpose(1, 0, 2)
             else:
-                col2im(dcol.reshape(self._buf["col"].shape), dx.shape, self.kernel, self.pad,
-                       self.stride, self.dilation, out=dx)
+                col2im(self._buf["col"], dx.shape, self.kernel, self.pad, self.stride,
+                       self.dilation, out=dx)
 
     def macc(self, bottom, top):
         kh, kw = self.kernel
@@ -212,3 +218,243 @@ class ConvolutionLayer(Layer):
         return per_bottom * len(bottom)
 
 
+@register("Pooling")
+class PoolingLayer(Layer):
+    """Caffe's Pooling over ``(N, C, H, W)``: MAX (optional mask top), AVE, STOCHASTIC.
+
+    Windows start at ``o*stride - pad``; the output size follows
+    :func:`protonet.im2col.pool_out_size`. MAX ignores padding (windows are
+    clipped to the image; the first maximum in row-major window order wins)
+    and may output the argmax as a second top (``h*W + w`` within the
+    channel, as float). AVE divides by the window area clipped to
+    ``H + pad`` (padding counts, cells past it do not). STOCHASTIC (no
+    padding) samples a cell with probability proportional to its value in
+    TRAIN and returns ``sum(x^2) / sum(x)`` in TEST.
+    """
+
+    exact_num_bottom = 1
+    min_num_top = 1
+    max_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        pp = self.param.pooling_param
+        has = pp.HasField
+        self.method = pp.pool
+        if self.method not in (_Pool.MAX, _Pool.AVE, _Pool.STOCHASTIC):
+            raise self.error(f"unknown pooling method {self.method}")
+        self.global_pooling = pp.global_pooling
+        self.ceil = pp.round_mode == _Pool.CEIL
+        if self.global_pooling:
+            if has("kernel_size") or has("kernel_h") or has("kernel_w"):
+                raise self.error("global_pooling takes the kernel from the input; "
+                                 "do not give kernel_size/kernel_h/kernel_w")
+            self.kernel = None
+        else:
+            if has("kernel_size") and (has("kernel_h") or has("kernel_w")):
+                raise self.error("give kernel_size or kernel_h and kernel_w (exactly one form)")
+            if not has("kernel_size") and not (has("kernel_h") and has("kernel_w")):
+                raise self.error("needs kernel_size or kernel_h and kernel_w together")
+            self.kernel = ((pp.kernel_size,) * 2 if has("kernel_size")
+                           else (pp.kernel_h, pp.kernel_w))
+            if min(self.kernel) < 1:
+                raise self.error(f"kernel must be positive, got {list(self.kernel)}")
+        self.pad = self._pair(pp, "pad")
+        self.stride = self._pair(pp, "stride")
+        if min(self.stride) < 1:
+            raise self.error(f"stride must be positive, got {list(self.stride)}")
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.error("global_pooling allows only pad 0 and stride 1")
+        if self.pad != (0, 0):
+            if self.method == _Pool.STOCHASTIC:
+                raise self.error("padding is implemented only for MAX and AVE pooling")
+            if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+                raise self.error(f"pad {list(self.pad)} must be smaller than the kernel "
+                                 f"{list(self.kernel)}")
+        if len(top) > 1 and self.method != _Pool.MAX:
+            raise self.error("only MAX pooling has a second (mask) top")
+        self._buf: dict = {}
+        self._geometry = None
+
+    def _pair(self, pp, name) -> tuple[int, int]:
+        h, w = f"{name}_h", f"{name}_w"
+        if pp.HasField(h) or pp.HasField(w):
+            if pp.HasField(name) or not (pp.HasField(h) and pp.HasField(w)):
+                raise self.error(f"give {name} or both {h} and {w}, not a mix")
+            return getattr(pp, h), getattr(pp, w)
+        return (getattr(pp, name),) * 2
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.shape_error("input must have 4 axes (num, channels, height, width)",
+                                   bottom)
+        N, C, H, W = bottom[0].shape
+        kernel = (H, W) if self.global_pooling else self.kernel
+        out = tuple(pool_out_size(n, k, p, s, self.ceil)
+                    for n, k, p, s in zip((H, W), kernel, self.pad, self.stride))
+        if min(out) < 1:
+            raise self.shape_error(f"kernel {list(kernel)} is larger than the padded input",
+                                   bottom)
+        if self._geometry != ((H, W), kernel, out):
+            self._prepare((H, W), kernel, out)
+        for t in top:
+            t.reshape((N, C) + out)
+
+    def _prepare(self, in_hw, kernel, out):
+        """Tap slices, window starts and the AVE divisor for one input geometry."""
+        self._geometry = (in_hw, kernel, out)
+        self._buf.clear()  # frames keep their borders only for one geometry
+        (H, W), (kh, kw), (Ho, Wo), (ph, pw), (sh, sw) = in_hw, kernel, out, self.pad, self.stride
+        self.in_hw, self.window, self.out_hw = in_hw, kernel, out
+        # padded frame: the image at offset pad, large enough for the last window
+        self.frame = (max(H + ph, (Ho - 1) * sh + kh), max(W + pw, (Wo - 1) * sw + kw))
+        self.framed = self.frame != in_hw
+        self.single = out == (1, 1) and self.pad == (0, 0)  # one window = the whole image
+        # tap k = i*kw + j reads frame rows i, i+sh, ... and columns j, j+sw, ...
+        self._taps = [(Ellipsis, slice(i, i + (Ho - 1) * sh + 1, sh),
+                       slice(j, j + (Wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
+        self._index_dtype = np.int8 if kh * kw <= 127 else np.int32
+        self._starts = np.arange(Ho) * sh - ph, np.arange(Wo) * sw - pw
+        # Caffe's AVE pool size: the window clipped to H + pad, before clipping to the image
+        hs, ws = self._starts
+        self._area = np.outer(np.minimum(hs + kh, H + ph) - hs, np.minimum(ws + kw, W + pw) - ws)
+
+    def _framed(self, x: np.ndarray, fill: float) -> np.ndarray:
+        """``x`` inside a padded frame whose border holds ``fill`` (kept across passes)."""
+        if not self.framed:
+            return x
+        frame = _buffer(self._buf, f"frame{fill}", x.shape[:2] + self.frame, x.dtype, fill)
+        (H, W), (ph, pw) = self.in_hw, self.pad
+        frame[:, :, ph:ph + H, pw:pw + W] = x
+        return frame
+
+    def flat_index(self) -> np.ndarray:
+        """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
+        (H, W), kw = self.in_hw, self.window[1]
+        k = self._index.astype(np.int64)
+        i, j = np.divmod(k, kw)
+        hs, ws = self._starts
+        flat = (hs[:, None] + i) * W + (ws[None, :] + j)
+        return np.where(k < 0, -1, flat)
+
+    # -- forward -----------------------------------------------------------------
+    def forward(self, bottom, top):
+        x, y = bottom[0].data, top[0].data
+        self._index = _buffer(self._buf, "index", y.shape, self._index_dtype)
+        if self.method == _Pool.MAX:
+            self._forward_max(x, y, self._index)
+            if len(top) > 1:
+                top[1].data[...] = self.flat_index()
+        elif self.method == _Pool.AVE:
+            self._forward_ave(x, y)
+        elif self.phase == TRAIN:
+            self._forward_stochastic_train(x, y, self._index)
+        else:
+            self._forward_stochastic_test(x, y)
+
+    def _forward_max(self, x, y, index):
+        if self.single:
+            cells = x.reshape(x.shape[0], x.shape[1], -1)
+            best = cells.argmax(axis=2)[:, :, None]  # the first maximum, as Caffe's '>'
+            y[...] = np.take_along_axis(cells, best, 2)[..., None]
+            i, j = np.divmod(best[..., None], self.in_hw[1])
+            index[...] = i * self.window[1] + j
+        else:
+            xp = self._framed(x, -np.inf)
+            v = _buffer(self._buf, "tap", y.shape, y.dtype)
+            better = _buffer(self._buf, "mask", y.shape, bool)
+            step = _buffer(self._buf, "step", y.shape, index.dtype)
+            y[...] = -np.inf
+            index[...] = -1
+            # branch-free: contiguous tap copy, then index += better * (k - index)
+            for k, tap in enumerate(self._taps):
+                np.copyto(v, xp[tap])
+                np.greater(v, y, out=better)
+                np.fmax(y, v, out=y)  # fmax ignores NaN, as Caffe's '>' does
+                np.subtract(k, index, out=step)
+                np.multiply(step, better, out=step)
+                index += step
+        # windows without a value > -inf: Caffe leaves -FLT_MAX and index -1
+        empty = ~(y > -np.inf)
+        if empty.any():
+            y[empty] = -FLT_MAX
+            index[empty] = -1
+
+    def _forward_ave(self, x, y):
+        if self.single:
+            y[..., 0, 0] = x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2)
+        else:
+            xp = self._framed(x, 0.0)
+            y[...] = 0
+            for tap in self._taps:
+                y += xp[tap]
+        with np.errstate(divide="ignore", invalid="ignore"):  # empty windows give 0/0, as Caffe
+            y /= self._area.astype(y.dtype)
+
+    def _forward_stochastic_train(self, x, y, index):
+        xp = self._framed(x, 0.0)
+        total = np.zeros_like(y)
+        for tap in self._taps:
+            total += xp[tap]
+        threshold = self.rng.random(y.shape).astype(y.dtype) * total
+        # pick the first cell (row-major) whose running sum reaches u * total
+        running = np.zeros_like(y)
+        hit = _buffer(self._buf, "mask", y.shape, bool)
+        index[...] = -1
+        y[...] = 0
+        for k, tap in enumerate(self._taps):
+            v = xp[tap]
+            running += v
+            np.greater_equal(running, threshold, out=hit)
+            hit &= index < 0
+            np.copyto(index, k, where=hit)
+            np.copyto(y, v, where=hit)
+
+    def _forward_stochastic_test(self, x, y):
+        xp = self._framed(x, 0.0)
+        y[...] = FLT_MIN  # Caffe starts the sum at FLT_MIN to avoid 0/0
+        squares = np.zeros_like(y)
+        for tap in self._taps:
+            v = xp[tap]
+            y += v
+            squares += v * v
+        np.divide(squares, y, out=y)
+
+    # -- backward ----------------------------------------------------------------
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy, dx = top[0].diff, bottom[0].diff
+        if self.method == _Pool.STOCHASTIC and self.phase != TRAIN:
+            raise self.error("STOCHASTIC pooling has no gradient in the TEST phase")
+        average = self.method == _Pool.AVE
+        if self.single:
+            if average:
+                dx[...] = dy / self._area.astype(dy.dtype)
+            else:
+                dx[...] = 0
+                N, C = dx.shape[:2]
+                flat = self.flat_index().reshape(N, C, 1)
+                np.put_along_axis(dx.reshape(N, C, -1), np.maximum(flat, 0),
+                                  np.where(flat >= 0, dy.reshape(N, C, 1), 0), axis=2)
+            return
+        dxp = (_buffer(self._buf, "dframe", dx.shape[:2] + self.frame, dx.dtype)
+               if self.framed else dx)
+        dxp[...] = 0
+        if average:
+            g = dy / self._area.astype(dy.dtype)
+        else:
+            g = _buffer(self._buf, "tap", dy.shape, dy.dtype)
+            routed = _buffer(self._buf, "mask", dy.shape, bool)
+        for k, tap in enumerate(self._taps):
+            if not average:  # the top diff of the windows that selected tap k
+                np.equal(self._index, k, out=routed)
+                np.multiply(dy, routed, out=g)
+            target = dxp[tap]
+            target += g
+        if self.framed:
+            (H, W), (ph, pw) = self.in_hw, self.pad
+            dx[...] = dxp[:, :, ph:ph + H, pw:pw + W]
+
+    def macc(self, bottom, top):
+        N, C, Ho, Wo = top[0].shape
+        return N * C * Ho * Wo * self.window[0] * self.window[1]
