@@ -41,7 +41,8 @@ class Net:
 
     def __init__(self, network, phase=TEST, level: int = 0, stages=None, weights=None, *,
                  lenient: bool = False, seed: int | None = None, dtype=np.float32,
-                 init_weights: bool = True, shape_overrides: dict | None = None):
+                 init_weights: bool = True, shape_overrides: dict | None = None,
+                 allow_python_layers: bool = False):
         from .io import read_net
         if isinstance(network, caffe_pb2.NetParameter):
             param, self.source = network, "<NetParameter>"
@@ -59,6 +60,7 @@ class Net:
         self.force_backward = param.force_backward
         self.param = insert_splits(filter_net(param, state))
         self._seeds = np.random.SeedSequence(seed)
+        self.allow_python_layers = allow_python_layers
         self._build(shape_overrides or {}, init_weights)
         if weights is not None:
             self.copy_from(weights)
@@ -86,7 +88,8 @@ class Net:
                 raise ProtonetError(f"layer name '{lp.name}' is used by more than one layer")
             phase = lp.phase if lp.HasField("phase") else self.phase
             rng = np.random.default_rng(self._seeds.spawn(1)[0])
-            layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng)
+            layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng,
+                                 allow_python=self.allow_python_layers)
             layer.shape_overrides = {t: tuple(shape_overrides[t]) for t in lp.top
                                      if t in shape_overrides and not len(lp.bottom)}
             if len(lp.propagate_down) not in (0, len(lp.bottom)):

@@ -42,8 +42,18 @@ def layer_type_list() -> list[str]:
     return sorted(LAYER_REGISTRY)
 
 
-def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None) -> "Layer":
-    """Instantiate the layer registered for ``param.type``."""
+def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None,
+                 allow_python: bool = False) -> "Layer":
+    """Instantiate the layer registered for ``param.type``.
+
+    ``type: "Python"`` imports and runs user code, so it needs ``allow_python``.
+    """
+    if param.type == "Python" and not allow_python:
+        p = param.python_param
+        raise ProtonetError(
+            f"layer '{param.name}': Python layer would import module '{p.module}' and run its "
+            f"class '{p.layer}'; allow it with --allow-python-layers "
+            "(or Net(..., allow_python_layers=True))")
     cls = LAYER_REGISTRY.get(param.type)
     if cls is None:
         raise ProtonetError(

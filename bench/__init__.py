@@ -1,0 +1,1 @@
+"""Side-by-side timing of protonet and PyTorch CPU (``python -m bench``)."""
