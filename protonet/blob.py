@@ -26,7 +26,10 @@ class Blob:
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
-    def reshape(self, shape) -> None:
+    def reshape(self, *shape) -> None:
+        """Set a new shape: ``reshape((N, C, H, W))`` or pycaffe's ``reshape(N, C, H, W)``."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ProtonetError(f"blob '{self.name}': negative dimension in shape {list(shape)}")

@@ -117,7 +117,8 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 #: Modules that add their own subcommands through ``add_parsers(subparsers)``;
 #: each sets ``func`` (args -> exit status) on its parsers.
-SUBCOMMAND_MODULES = ("protonet.tools.data_commands", "protonet.solvers.commands")
+SUBCOMMAND_MODULES = ("protonet.tools.data_commands", "protonet.solvers.commands",
+                      "protonet.tools.draw_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
