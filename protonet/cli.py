@@ -70,6 +70,46 @@ def cmd_time(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .net import Net
+    from .tools.compare import compare, format_rows, load_reference, opencv_reference
+    net = Net(args.net, args.phase, weights=args.weights, lenient=args.lenient)
+    inputs = {}
+    for spec in args.input:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise ProtonetError(f"--input '{spec}' is not NAME=file.npy")
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ProtonetError(f"{path}: cannot read input array ({e})") from None
+    if args.backend == "opencv":
+        if not inputs:
+            rng = np.random.default_rng(args.seed)
+            inputs = {n: rng.standard_normal(net.blobs[n].shape).astype(np.float32)
+                      for n in net.inputs}
+        reference = opencv_reference(args.net, args.weights, net, inputs)
+    else:
+        if not args.reference:
+            raise ProtonetError("give --reference REF.npz (or --backend opencv)")
+        reference = load_reference(args.reference)
+        for name in net.inputs:
+            if name not in inputs:
+                if name not in reference:
+                    raise ProtonetError(f"the reference has no values for input '{name}'; "
+                                        f"give --input {name}=file.npy")
+                inputs[name] = reference[name]
+    rows = compare(net, reference, inputs, args.atol, args.rtol)
+    if not rows:
+        raise ProtonetError("the reference shares no blob names with the net")
+    print(json.dumps(rows, indent=1) if args.json else format_rows(rows, args.atol, args.rtol))
+    return 0 if all(r["ok"] for r in rows) else 3
+
+
 def cmd_upgrade(args) -> int:
     from .io import prototxt
     from .proto import caffe_pb2
@@ -152,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="TOP=N,C,H,W", help="override an input layer's top shape")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("compare", help="check every blob against reference values",
+                       description="Run the net on the reference's inputs and print, for every "
+                       "blob the reference has, its shape and max absolute/relative error; "
+                       "exit 3 when a blob is over tolerance.")
+    p.add_argument("net", help="network definition (.prototxt)")
+    p.add_argument("weights", help="trained weights (.caffemodel or .caffemodel.h5)")
+    p.add_argument("--reference", help="reference blobs: .npz (np.savez of net.blobs data) or .h5")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=file.npy",
+                   help="input values (default: taken from the reference)")
+    p.add_argument("--backend", choices=["file", "opencv"], default="file",
+                   help="where the reference comes from (opencv: OpenCV's Caffe importer)")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="random inputs for --backend opencv")
+    p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"])
+    p.add_argument("--lenient", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) net or solver in today's format",
                        description="Like Caffe's upgrade_net_proto_text / _binary and "
