@@ -72,9 +72,14 @@ def tokenize(text: str, path: str) -> list[Token]:
     return tokens
 
 
+#: deeper than any Caffe message nests (NetParameter > layer > param > filler is 4)
+MAX_DEPTH = 64
+
+
 class _Parser:
     def __init__(self, tokens, path):
         self.tokens, self.i, self.path = tokens, 0, path
+        self.depth = 0
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -118,7 +123,12 @@ class _Parser:
     def value(self, had_colon):
         tok = self.next()
         if tok.text in ("{", "<"):
-            return [Block(self.entries("}" if tok.text == "{" else ">"), tok.line, tok.col)]
+            if self.depth >= MAX_DEPTH:
+                raise self.fail(f"blocks nested more than {MAX_DEPTH} deep", tok)
+            self.depth += 1
+            block = Block(self.entries("}" if tok.text == "{" else ">"), tok.line, tok.col)
+            self.depth -= 1
+            return [block]
         if not had_colon:
             raise self.fail("expected ':' or '{' after the field name", tok)
         if tok.text == "[":
