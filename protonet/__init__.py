@@ -5,7 +5,8 @@
     net.forward()
 """
 from .errors import ProtonetError
-from .layers import TEST, TRAIN, Layer, layer_type_list
+from .layers import TEST, TRAIN, layer_type_list
+from .layers.python_layer import PythonLayerBase as Layer  # pycaffe's caffe.Layer
 
 __version__ = "0.1.0"
 

@@ -25,13 +25,16 @@ def _shape_arg(text: str):
     return name, shape
 
 
-def _add_net_args(p, lenient_default: bool):
+def _add_net_args(p, lenient_default: bool, runs_layers: bool = True):
     p.add_argument("net", help="network definition (.prototxt)")
     p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"],
                    help="net phase for include/exclude rules (default: TEST)")
     p.add_argument("--level", type=int, default=0, help="net state level (default: 0)")
     p.add_argument("--stage", action="append", default=[],
                    help="net state stage; repeat for several (or comma-separate)")
+    if runs_layers:
+        p.add_argument("--allow-python-layers", action="store_true",
+                       help="let `type: \"Python\"` layers import and run their modules")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--lenient", dest="lenient", action="store_true", default=lenient_default,
                       help="accept Netscope's lenient dialect, warning on each dropped item"
@@ -64,7 +67,8 @@ def cmd_time(args) -> int:
     if args.iterations < 1:
         raise ProtonetError("--iterations must be at least 1")
     net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
-              lenient=args.lenient, seed=0, shape_overrides=dict(args.input_shape))
+              lenient=args.lenient, seed=0, shape_overrides=dict(args.input_shape),
+              allow_python_layers=args.allow_python_layers)
     result = time_net(net, args.iterations, warmup=args.warmup)
     print(json.dumps(result, indent=1) if args.json else format_timing(result))
     return 0
@@ -77,7 +81,8 @@ def cmd_compare(args) -> int:
 
     from .net import Net
     from .tools.compare import compare, format_rows, load_reference, opencv_reference
-    net = Net(args.net, args.phase, weights=args.weights, lenient=args.lenient)
+    net = Net(args.net, args.phase, weights=args.weights, lenient=args.lenient,
+              allow_python_layers=args.allow_python_layers)
     inputs = {}
     for spec in args.input:
         name, _, path = spec.partition("=")
@@ -172,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer shapes, parameters, MACCs and memory",
                        description="Print one row per layer: bottoms -> tops, top shapes, "
                        "parameter count, multiply-accumulates and activation memory.")
-    _add_net_args(p, lenient_default=True)
+    _add_net_args(p, lenient_default=True, runs_layers=False)
     p.add_argument("--input-shape", action="append", default=[], type=_shape_arg,
                    metavar="TOP=N,C,H,W",
                    help="shape of a data layer's top, instead of reading its source "
@@ -209,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random inputs for --backend opencv")
     p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"])
     p.add_argument("--lenient", action="store_true")
+    p.add_argument("--allow-python-layers", action="store_true",
+                   help="let `type: \"Python\"` layers import and run their modules")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 

@@ -4,6 +4,7 @@ Importing this package registers every layer type; look one up with
 ``LAYER_REGISTRY["Convolution"]`` or list them with :func:`layer_type_list`.
 """
 from .base import LAYER_REGISTRY, TEST, TRAIN, Layer, create_layer, layer_type_list, register
-from . import common, data, loss, neuron, normalization, vision  # noqa: F401  (registration)
+from . import (common, data, loss, neuron, normalization, python_layer,  # noqa: F401  (registration)
+               recurrent, vision)
 
 __all__ = ["LAYER_REGISTRY", "TEST", "TRAIN", "Layer", "create_layer", "layer_type_list", "register"]
