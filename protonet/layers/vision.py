@@ -1,15 +1,20 @@
-"""Vision layers: Convolution and Pooling (``conv_layer.cpp``, ``pooling_layer.cpp``).
+"""Vision layers: Convolution, Deconvolution, Pooling, SPP, Im2col, Crop.
 
-Both work on the whole batch at once with strided views; Python loops run
-only over kernel taps (``kh*kw``), never over images or output positions.
+After Caffe's ``src/caffe/layers/{conv,deconv,pooling,spp,im2col,crop}_layer.cpp``.
+All work on the whole batch at once with strided views; Python loops run
+only over kernel taps (``kh*kw``), pyramid levels or axes, never over images
+or output positions.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..blob import Blob
+from ..errors import ProtonetError
 from ..im2col import col2im, conv_out_size, im2col, pool_out_size
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
+from .common import canonical_axis
 
 _Pool = caffe_pb2.PoolingParameter
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -23,6 +28,60 @@ def _buffer(cache: dict, name: str, shape, dtype, fill=None) -> np.ndarray:
         buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
         cache[name] = buf
     return buf
+
+
+def _spatial_param(layer, cp, name, h_name, w_name, default) -> tuple[int, ...]:
+    """One value per spatial axis from ``name`` (repeated) or ``h_name``/``w_name``."""
+    values = list(getattr(cp, name))
+    nsp = layer.num_spatial
+    if h_name and (cp.HasField(h_name) or cp.HasField(w_name)):
+        if nsp != 2:
+            raise layer.error(f"{h_name}/{w_name} can only be used for 2-D convolution")
+        if values:
+            raise layer.error(f"give either {name} or {h_name}/{w_name}, not both")
+        return getattr(cp, h_name), getattr(cp, w_name)
+    if not values:
+        if default is None:
+            raise layer.error(f"{name} (or {h_name}/{w_name}) is required")
+        return (default,) * nsp
+    if len(values) == 1:
+        return (values[0],) * nsp
+    if len(values) != nsp:
+        raise layer.error(f"{name} must be given once or once per spatial axis ({nsp}), "
+                          f"got {len(values)} values")
+    return tuple(values)
+
+
+def _conv_geometry(layer, cp, bottom) -> tuple[int, ...]:
+    """Read the window of a ``convolution_param`` (Convolution, Deconvolution, Im2col).
+
+    Sets ``layer.axis`` (the channel axis), ``num_spatial`` (1 or 2) and the
+    ``(h, w)`` pairs ``kernel``, ``stride``, ``pad``, ``dilation`` (1-D runs as
+    2-D over a height-1 axis) and ``is_1x1``; returns the kernel per spatial
+    axis (the shape a weight blob has).
+    """
+    layer.axis = bottom[0].canonical_axis(cp.axis)
+    nsp = bottom[0].num_axes - layer.axis - 1
+    if nsp not in (1, 2):
+        raise layer.shape_error(
+            f"only 1-D and 2-D windows are implemented; the input has {nsp} spatial "
+            f"axes after the channel axis {layer.axis}", bottom)
+    layer.num_spatial = nsp
+    kernel = _spatial_param(layer, cp, "kernel_size", "kernel_h", "kernel_w", None)
+    stride = _spatial_param(layer, cp, "stride", "stride_h", "stride_w", 1)
+    pad = _spatial_param(layer, cp, "pad", "pad_h", "pad_w", 0)
+    dilation = _spatial_param(layer, cp, "dilation", None, None, 1)
+    for name, values, low in (("kernel_size", kernel, 1), ("stride", stride, 1),
+                              ("dilation", dilation, 1)):
+        if min(values) < low:
+            raise layer.error(f"{name} must be positive, got {list(values)}")
+    weight_kernel = kernel
+    if nsp == 1:  # run as 2-D over a height-1 axis
+        kernel, stride, pad, dilation = ((1,) + kernel, (1,) + stride, (0,) + pad,
+                                         (1,) + dilation)
+    layer.kernel, layer.stride, layer.pad, layer.dilation = kernel, stride, pad, dilation
+    layer.is_1x1 = kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
+    return weight_kernel
 
 
 @register("Convolution")
@@ -40,28 +99,7 @@ class ConvolutionLayer(Layer):
 
     def layer_setup(self, bottom, top):
         cp = self.param.convolution_param
-        self.axis = bottom[0].canonical_axis(cp.axis)
-        nsp = bottom[0].num_axes - self.axis - 1
-        if nsp not in (1, 2):
-            raise self.shape_error(
-                f"only 1-D and 2-D convolution is implemented; the input has {nsp} spatial "
-                f"axes after the channel axis {self.axis}", bottom)
-        self.num_spatial = nsp
-        kernel = self._spatial(cp, "kernel_size", "kernel_h", "kernel_w", None)
-        stride = self._spatial(cp, "stride", "stride_h", "stride_w", 1)
-        pad = self._spatial(cp, "pad", "pad_h", "pad_w", 0)
-        dilation = self._spatial(cp, "dilation", None, None, 1)
-        for name, values, low in (("kernel_size", kernel, 1), ("stride", stride, 1),
-                                  ("dilation", dilation, 1)):
-            if min(values) < low:
-                raise self.error(f"{name} must be positive, got {list(values)}")
-        weight_kernel = kernel
-        if nsp == 1:  # run as 2-D over a height-1 axis
-            kernel, stride, pad, dilation = ((1,) + kernel, (1,) + stride, (0,) + pad,
-                                             (1,) + dilation)
-        self.kernel, self.stride, self.pad, self.dilation = kernel, stride, pad, dilation
-        self.is_1x1 = kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
-
+        weight_kernel = _conv_geometry(self, cp, bottom)
         self.channels = bottom[0].shape[self.axis]
         self.num_output = cp.num_output
         self.group = cp.group
@@ -77,35 +115,17 @@ class ConvolutionLayer(Layer):
             raise self.error(
                 f"num_output ({self.num_output}) must be divisible by group ({self.group})")
         self.bias_term = cp.bias_term
-        self.add_param((self.num_output, self.channels // self.group) + weight_kernel,
-                       cp.weight_filler)
+        self.add_param(self._weight_shape(weight_kernel), cp.weight_filler)
         if self.bias_term:
             self.add_param((self.num_output,), cp.bias_filler)
         self._buf: dict = {}
         self._col_of = None  # index of the bottom whose columns the col buffer holds
 
-    def _spatial(self, cp, name, h_name, w_name, default) -> tuple[int, ...]:
-        """One value per spatial axis from ``name`` (repeated) or ``h_name``/``w_name``."""
-        values = list(getattr(cp, name))
-        nsp = self.num_spatial
-        if h_name and (cp.HasField(h_name) or cp.HasField(w_name)):
-            if nsp != 2:
-                raise self.error(f"{h_name}/{w_name} can only be used for 2-D convolution")
-            if values:
-                raise self.error(f"give either {name} or {h_name}/{w_name}, not both")
-            return getattr(cp, h_name), getattr(cp, w_name)
-        if not values:
-            if default is None:
-                raise self.error(f"{name} (or {h_name}/{w_name}) is required")
-            return (default,) * nsp
-        if len(values) == 1:
-            return (values[0],) * nsp
-        if len(values) != nsp:
-            raise self.error(f"{name} must be given once or once per spatial axis ({nsp}), "
-                             f"got {len(values)} values")
-        return tuple(values)
+    def _weight_shape(self, kernel) -> tuple[int, ...]:
+        return (self.num_output, self.channels // self.group) + tuple(kernel)
 
-    def reshape(self, bottom, top):
+    def _check_bottoms(self, bottom) -> tuple[int, ...]:
+        """Check the bottoms against the setup; sets ``num`` and ``in_hw``; returns the shape."""
         shape = bottom[0].shape
         if len(shape) != self.axis + 1 + self.num_spatial:
             raise self.shape_error("the number of input axes may not change", bottom)
@@ -116,8 +136,11 @@ class ConvolutionLayer(Layer):
         if any(b.shape != shape for b in bottom):
             raise self.shape_error("all bottoms must have the same shape", bottom)
         self.num = int(np.prod(shape[:self.axis], dtype=np.int64))
-        spatial = shape[self.axis + 1:]
-        self.in_hw = (1,) * (2 - self.num_spatial) + tuple(spatial)
+        self.in_hw = (1,) * (2 - self.num_spatial) + tuple(shape[self.axis + 1:])
+        return shape
+
+    def reshape(self, bottom, top):
+        shape = self._check_bottoms(bottom)
         self.out_hw = tuple(conv_out_size(*args) for args in zip(
             self.in_hw, self.kernel, self.pad, self.stride, self.dilation))
         if min(self.out_hw) < 1:
@@ -458,3 +481,316 @@ class PoolingLayer(Layer):
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape
         return N * C * Ho * Wo * self.window[0] * self.window[1]
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(ConvolutionLayer):
+    """Caffe's Deconvolution (transposed convolution): the convolution's passes swapped.
+
+    Bottom ``(*outer, C, H, W)`` -> top ``(*outer, O, Ho, Wo)`` with
+    ``Ho = stride*(H-1) + dilation*(kh-1)+1 - 2*pad``; weight ``(C, O/group, kh, kw)``
+    (Caffe's reversed layout), bias ``(O,)``. Forward is the convolution's
+    backward-data (one matmul per group, then col2im); the bottom gradient is
+    the convolution's forward (im2col, then one matmul per group).
+    """
+
+    def _weight_shape(self, kernel) -> tuple[int, ...]:
+        return (self.channels, self.num_output // self.group) + tuple(kernel)
+
+    def reshape(self, bottom, top):
+        shape = self._check_bottoms(bottom)
+        self.out_hw = tuple(s * (n - 1) + d * (k - 1) + 1 - 2 * p for n, k, p, s, d in zip(
+            self.in_hw, self.kernel, self.pad, self.stride, self.dilation))
+        if min(self.out_hw) < 1:
+            raise self.shape_error(
+                f"pad {list(self.pad[2 - self.num_spatial:])} leaves no output "
+                f"(output size {list(self.out_hw[2 - self.num_spatial:])})", bottom)
+        for t in top:
+            t.reshape(shape[:self.axis] + (self.num_output,) + self.out_hw[2 - self.num_spatial:])
+
+    def _weights(self) -> np.ndarray:
+        """Weights as ``(G, C/G, O/G*kh*kw)`` (a view)."""
+        return self.blobs[0].data.reshape(self.group, self.channels // self.group, -1)
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """Bottom-shaped ``x`` as ``(G, C/G, N*H*W)`` (a view when N == 1)."""
+        N, C, G = self.num, self.channels, self.group
+        P = self.in_hw[0] * self.in_hw[1]
+        if N == 1:
+            return x.reshape(G, C // G, P)
+        rows = _buffer(self._buf, "rows", (C, N, P), x.dtype)
+        rows[...] = x.reshape(N, C, P).transpose(1, 0, 2)
+        return rows.reshape(G, C // G, N * P)
+
+    def _col_buffer(self, dtype) -> np.ndarray:
+        """The column buffer ``(O, kh, kw, N, H, W)``: columns over the *bottom* positions."""
+        return _buffer(self._buf, "col", (self.num_output,) + self.kernel + (self.num,)
+                       + self.in_hw, dtype)
+
+    def forward(self, bottom, top):
+        N, O, G = self.num, self.num_output, self.group
+        P = self.in_hw[0] * self.in_hw[1]
+        w = self._weights()
+        for b, t in zip(bottom, top):
+            col = self._col_buffer(b.data.dtype)
+            # col (G, O/G*kh*kw, N*P) = W^T (G, O/G*kh*kw, C/G) @ x (G, C/G, N*P)
+            np.matmul(w.transpose(0, 2, 1), self._rows(b.data), out=col.reshape(G, -1, N * P))
+            y = t.data.reshape((N, O) + self.out_hw)
+            col2im(col, y.shape, self.kernel, self.pad, self.stride, self.dilation, out=y)
+            if self.bias_term:
+                y += self.blobs[1].data[:, None, None]
+
+    def backward(self, top, propagate_down, bottom):
+        N, C, O, G = self.num, self.channels, self.num_output, self.group
+        P = self.in_hw[0] * self.in_hw[1]
+        w = self._weights()
+        w_diff = self.blobs[0].diff.reshape(w.shape)
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        for i in range(len(bottom)):
+            b, t = bottom[i], top[i]
+            dy = t.diff.reshape((N, O) + self.out_hw)
+            if want_b:
+                self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
+            if not (want_w or propagate_down[i]):
+                continue
+            col = im2col(dy, self.kernel, self.pad, self.stride, self.dilation,
+                         out=self._col_buffer(dy.dtype))
+            col = col.reshape(G, -1, N * P)
+            if want_w:
+                # dW (G, C/G, O/G*kh*kw) += x (G, C/G, N*P) @ col^T (G, N*P, O/G*kh*kw)
+                w_diff += np.matmul(self._rows(b.data), col.transpose(0, 2, 1))
+            if propagate_down[i]:
+                # dx (G, C/G, N*P) = W (G, C/G, O/G*kh*kw) @ col (G, O/G*kh*kw, N*P)
+                if N == 1:
+                    np.matmul(w, col, out=b.diff.reshape(G, C // G, P))
+                else:
+                    dx = _buffer(self._buf, "rows", (C, N, P), dy.dtype)
+                    np.matmul(w, col, out=dx.reshape(G, C // G, N * P))
+                    b.diff.reshape(N, C, P)[...] = dx.transpose(1, 0, 2)
+
+    def macc(self, bottom, top):
+        kh, kw = self.kernel
+        per_bottom = (kh * kw * (self.channels // self.group) * self.num_output
+                      * self.in_hw[0] * self.in_hw[1] * self.num)
+        return per_bottom * len(bottom)
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """Caffe's Im2col: the convolution's column matrix as a blob.
+
+    Bottom ``(*outer, C, H, W)`` -> top ``(*outer, C*kh*kw, Ho, Wo)``, channel
+    ``(c*kh + i)*kw + j`` holding ``x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]``
+    (zero in the padding), as ``im2col_cpu`` per image. Reads ``convolution_param``
+    (kernel, stride, pad, dilation, axis; 1-D or 2-D). Backward is col2im.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.weight_kernel = _conv_geometry(self, self.param.convolution_param, bottom)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            raise self.shape_error("the number of input axes may not change", bottom)
+        self.num = int(np.prod(shape[:self.axis], dtype=np.int64))
+        self.channels = shape[self.axis]
+        self.in_hw = (1,) * (2 - self.num_spatial) + tuple(shape[self.axis + 1:])
+        self.out_hw = tuple(conv_out_size(*args) for args in zip(
+            self.in_hw, self.kernel, self.pad, self.stride, self.dilation))
+        if min(self.out_hw) < 1:
+            raise self.shape_error(
+                f"the (dilated) kernel {list(self.weight_kernel)} does not fit the padded input",
+                bottom)
+        rows = self.channels * int(np.prod(self.weight_kernel))
+        top[0].reshape(shape[:self.axis] + (rows,) + self.out_hw[2 - self.num_spatial:])
+
+    def _columns(self, array: np.ndarray) -> np.ndarray:
+        """A top-shaped array viewed in im2col's layout ``(C, kh, kw, N, Ho, Wo)``."""
+        return array.reshape((self.num, self.channels) + self.kernel + self.out_hw).transpose(
+            1, 2, 3, 0, 4, 5)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape((self.num, self.channels) + self.in_hw)
+        # written straight into the top through a transposed view (no extra copy)
+        im2col(x, self.kernel, self.pad, self.stride, self.dilation,
+               out=self._columns(top[0].data))
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dx = bottom[0].diff.reshape((self.num, self.channels) + self.in_hw)
+        col2im(self._columns(top[0].diff), dx.shape, self.kernel, self.pad, self.stride,
+               self.dilation, out=dx)
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Crops bottom[0] to bottom[1]'s shape on axes ``axis`` and later (``crop_param``).
+
+    ``offset`` is empty (all 0), one value for every cropped axis, or one per
+    cropped axis; axes before ``axis`` are kept whole. bottom[1] only gives the
+    shape and gets no gradient. Backward zero-fills and copies the top diff in.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.crop_param
+        self.start = canonical_axis(self, bottom, p.axis)
+        cropped = bottom[0].num_axes - self.start
+        if len(p.offset) > 1 and len(p.offset) != cropped:
+            raise self.shape_error(
+                f"crop_param.offset must be given once or once per cropped axis "
+                f"({cropped}: axes {self.start}..{bottom[0].num_axes - 1}), "
+                f"got {len(p.offset)} values", bottom)
+
+    def reshape(self, bottom, top):
+        p = self.param.crop_param
+        big, small = bottom[0].shape, bottom[1].shape
+        if len(small) < len(big):
+            raise self.shape_error(
+                f"bottom[1] needs a size for every axis up to {len(big) - 1}", bottom)
+        shape, index = list(big), []
+        for i, size in enumerate(big):
+            offset = 0
+            if i >= self.start:
+                shape[i] = small[i]
+                if p.offset:
+                    offset = p.offset[0] if len(p.offset) == 1 else p.offset[i - self.start]
+                if size - offset < small[i]:
+                    raise self.shape_error(
+                        f"the crop of axis {i} (size {small[i]} at offset {offset}) runs past "
+                        f"bottom[0]'s size {size}", bottom)
+            index.append(slice(offset, offset + shape[i]))
+        self.index = tuple(index)
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        np.copyto(top[0].data, bottom[0].data[self.index])
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dx = bottom[0].diff
+            dx[...] = 0
+            dx[self.index] = top[0].diff
+        if propagate_down[1]:  # a shape donor: its gradient is zero
+            bottom[1].diff[...] = 0
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+
+_SPP = caffe_pb2.SPPParameter
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling (``spp_layer.cpp``): ``pyramid_height`` poolings, concatenated.
+
+    Level ``l`` pools ``(N, C, H, W)`` into ``2^l x 2^l`` bins with Caffe's Pooling:
+    kernel = stride = ``ceil(H / bins)``, pad ``(kernel*bins - H + 1) // 2`` (each
+    of h and w). Each level is flattened to ``(N, C*h*w)`` and the levels are
+    concatenated: top ``(N, C * sum(bins^2))``. With ``pyramid_height: 1`` Caffe
+    uses the one pooling directly, so the top is ``(N, C, 1, 1)``.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.spp_param
+        self.height = int(p.pyramid_height)
+        if self.height < 1:
+            raise self.error("spp_param.pyramid_height must be given and at least 1")
+        if p.pool not in (_SPP.MAX, _SPP.AVE, _SPP.STOCHASTIC):
+            raise self.error(f"unknown pooling method {p.pool}")
+        self.pool = int(p.pool)  # SPPParameter and PoolingParameter number them alike
+        self._in_hw = None
+        self.levels = []
+        self._scratch = Blob((), self.dtype, name=f"{self.name}/diff")
+
+    @staticmethod
+    def level_window(level: int, size: int) -> tuple[int, int]:
+        """(kernel = stride, pad) of pyramid level ``level`` over an extent ``size``."""
+        bins = 2 ** level
+        kernel = -(-size // bins)
+        return kernel, (kernel * bins - size + 1) // 2
+
+    def _build(self, in_hw):
+        """One Pooling layer (with its own bottom and top blobs) per level."""
+        self.levels = []
+        for level in range(self.height):
+            (kh, ph), (kw, pw) = (self.level_window(level, n) for n in in_hw)
+            param = caffe_pb2.LayerParameter(name=f"{self.name}/level{level}", type="Pooling")
+            pp = param.pooling_param
+            pp.pool, pp.kernel_h, pp.kernel_w = self.pool, kh, kw
+            pp.stride_h, pp.stride_w, pp.pad_h, pp.pad_w = kh, kw, ph, pw
+            pool = PoolingLayer(param, phase=self.phase, dtype=self.dtype, rng=self.rng)
+            self.levels.append((pool, Blob((), self.dtype, name=f"{self.name}/in{level}"),
+                                Blob((), self.dtype, name=f"{self.name}/out{level}")))
+        self._in_hw = in_hw
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.shape_error("input must have 4 axes (num, channels, height, width)",
+                                   bottom)
+        N, C, H, W = bottom[0].shape
+        if min(H, W) < 1:
+            raise self.shape_error("input height and width must be positive", bottom)
+        rebuild = self._in_hw != (H, W)
+        if rebuild:
+            self._build((H, W))
+        self.sizes = []
+        for level, (pool, lb, lt) in enumerate(self.levels):
+            lb.reshape(bottom[0].shape)
+            try:
+                if rebuild:
+                    pool.setup([lb], [lt])
+                else:
+                    pool.reshape([lb], [lt])
+            except ProtonetError as e:
+                self._in_hw = None
+                k, p = zip(*(self.level_window(level, n) for n in (H, W)))
+                raise self.shape_error(
+                    f"pyramid level {level} ({2 ** level}x{2 ** level} bins: kernel {list(k)}, "
+                    f"pad {list(p)}) cannot be pooled: {e}", bottom) from None
+            self.sizes.append(lt.count_range(1))  # C*h*w of the flattened level
+        if self.height == 1:
+            top[0].reshape(self.levels[0][2].shape)
+        else:
+            top[0].reshape((N, sum(self.sizes)))
+
+    def forward(self, bottom, top):
+        N = bottom[0].shape[0]
+        start = 0
+        for (pool, lb, lt), size in zip(self.levels, self.sizes):
+            lb.share_data(bottom[0])
+            pool.forward([lb], [lt])
+            top[0].data.reshape(N, -1)[:, start:start + size] = lt.data.reshape(N, size)
+            start += size
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        N = bottom[0].shape[0]
+        dx = bottom[0].diff
+        self._scratch.reshape(bottom[0].shape)
+        start = 0
+        for level, ((pool, lb, lt), size) in enumerate(zip(self.levels, self.sizes)):
+            lt.diff[...] = top[0].diff.reshape(N, -1)[:, start:start + size].reshape(lt.shape)
+            start += size
+            if level == 0:
+                lb.share_diff(bottom[0])  # the first level writes the bottom diff directly
+                pool.backward([lt], [True], [lb])
+            else:  # the others into one scratch diff, then summed (the Split's backward)
+                lb.share_diff(self._scratch)
+                pool.backward([lt], [True], [lb])
+                dx += lb.diff
+
+    def macc(self, bottom, top):
+        return sum(pool.macc([lb], [lt]) for pool, lb, lt in self.levels)
