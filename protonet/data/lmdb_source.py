@@ -1,82 +1,268 @@
-"""Sequential reading of ``Datum`` records from LMDB, with Caffe's wrap-around cursor."""
+"""``Datum`` records in LMDB: Caffe's cursor for reading, its transaction for writing.
+
+Reading follows ``src/caffe/util/db_lmdb.cpp`` and ``DataLayer::Next``: records
+come in key order and the cursor goes back to the first record after the last.
+A reader's position is the key of the next record, so it can be saved and
+restored exactly.
+
+Writing follows the converters (``convert_mnist_data``, ``convert_imageset``):
+a new directory, puts committed every 1000 records, and the memory map doubled
+whenever it fills up.
+"""
 from __future__ import annotations
+
+import os
+import threading
 
 import numpy as np
 
 from ..errors import ProtonetError
 
 
-def datum_to_array(datum) -> np.ndarray:
-    """A Datum's pixels as (C, H, W): uint8 from ``data``, float32 from ``float_data``,
-    or decoded from ``encoded`` image bytes (RGB files give BGR channels, as OpenCV)."""
-    if datum.encoded:
-        import io
+def _lmdb():
+    try:
+        import lmdb
+    except ImportError:
+        raise ProtonetError("LMDB databases need the 'lmdb' package: "
+                            "pip install 'protonet[data]' (or pip install lmdb)") from None
+    return lmdb
 
-        from PIL import Image
-        image = np.asarray(Image.open(io.BytesIO(datum.data)))
-        if image.ndim == 2:
-            return image[None]
-        return image[:, :, ::-1].transpose(2, 0, 1)[:3] if image.shape[2] >= 3 \
-            else image.transpose(2, 0, 1)
+
+# -- Datum <-> arrays --------------------------------------------------------------------------
+def parse_datum(value: bytes, what: str = "record"):
+    from ..proto import caffe_pb2
+    try:
+        return caffe_pb2.Datum.FromString(value)
+    except Exception:
+        raise ProtonetError(f"{what} is not a Datum (is this a Caffe database?)") from None
+
+
+def datum_to_array(datum, mode: str = "native", what: str = "record") -> np.ndarray:
+    """A Datum's pixels as (C, H, W): uint8 from ``data``, float32 from ``float_data``, or
+    decoded from ``encoded`` image bytes (BGR, as OpenCV gives them; ``mode`` as in
+    :func:`protonet.data.images.decode_image`)."""
+    if datum.encoded:
+        from .images import decode_image
+        return decode_image(datum.data, mode, what)
     shape = (datum.channels, datum.height, datum.width)
+    size = shape[0] * shape[1] * shape[2]
     if len(datum.data):
+        if len(datum.data) != size:
+            raise ProtonetError(f"{what}: {len(datum.data)} bytes of data for a "
+                                f"{'x'.join(map(str, shape))} Datum")
         return np.frombuffer(datum.data, np.uint8).reshape(shape)
+    if len(datum.float_data) != size:
+        raise ProtonetError(f"{what}: {len(datum.float_data)} float_data values for a "
+                            f"{'x'.join(map(str, shape))} Datum")
     return np.asarray(datum.float_data, np.float32).reshape(shape)
 
 
+def array_to_datum(array, label: int | None = None, encoded_false: bool = False):
+    """A Datum holding (C, H, W) ``array``: uint8 arrays go to ``data``, others to
+    ``float_data`` (pycaffe's ``array_to_datum``). ``encoded_false`` also sets
+    ``encoded: false`` explicitly, as ``convert_imageset`` (through CVMatToDatum) does."""
+    from ..proto import caffe_pb2
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ProtonetError(f"a Datum holds a (C, H, W) array, got shape {list(array.shape)}")
+    datum = caffe_pb2.Datum()
+    datum.channels, datum.height, datum.width = (int(d) for d in array.shape)
+    if array.dtype == np.uint8:
+        datum.data = array.tobytes()
+    else:
+        datum.float_data.extend(array.astype(np.float32).ravel().tolist())
+    if label is not None:
+        datum.label = int(label)
+    if encoded_false:
+        datum.encoded = False
+    return datum
+
+
+def decode_batch(values: list, mode: str = "native", what: str = "record"):
+    """Serialized Datums -> (pixels, labels float32 (N,)).
+
+    ``pixels`` is one (N, C, H, W) array when every record has the same shape and
+    kind (the fast path: uint8 records are joined and viewed with ``np.frombuffer``),
+    else a list of (C, H, W) arrays."""
+    from ..proto import caffe_pb2
+    parse = caffe_pb2.Datum.FromString
+    try:
+        datums = [parse(v) for v in values]
+    except Exception:
+        datums = [parse_datum(v, what) for v in values]  # names the problem
+    labels = np.fromiter([d.label for d in datums], np.float32, len(datums))
+    first = datums[0]
+    shape = (first.channels, first.height, first.width)
+    size = shape[0] * shape[1] * shape[2]
+    if size and not first.encoded:
+        # every access to .data copies the bytes out of the message: take each once
+        data = [d.data for d in datums]
+        if all(len(b) == size for b in data) and \
+                all((d.channels, d.height, d.width) == shape and not d.encoded for d in datums):
+            pixels = np.frombuffer(b"".join(data), np.uint8)
+            return pixels.reshape((len(datums),) + shape), labels
+    arrays = [datum_to_array(d, mode, what) for d in datums]
+    if all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
+        return np.stack(arrays), labels
+    return arrays, labels
+
+
+# -- reading -----------------------------------------------------------------------------------
+_OPEN: dict = {}  # realpath -> [environment, number of readers]; py-lmdb opens a path once
+_OPEN_LOCK = threading.Lock()
+
+
+def _acquire_env(path: str, what: str):
+    lmdb = _lmdb()
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        entry = _OPEN.get(key)
+        if entry is None:
+            try:
+                # lock=False: no reader table, so transactions may move between threads
+                env = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                subdir=os.path.isdir(path), max_dbs=0)
+            except lmdb.Error as e:
+                raise ProtonetError(f"{what}: cannot open LMDB '{path}': {e}") from None
+            entry = _OPEN[key] = [env, 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _release_env(key: str) -> None:
+    with _OPEN_LOCK:
+        entry = _OPEN.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _OPEN[key]
+            entry[0].close()
+
+
 class DatumDB:
-    """An LMDB database of Datum records read in key order, wrapping at the end."""
+    """An LMDB database of Datum records read in key order, wrapping at the end.
 
-    def __init__(self, path: str, layer_name: str = ""):
+    Readers of one path share its environment, each with its own transaction and
+    cursor. Not thread-safe: one thread at a time may use a reader (the prefetch
+    thread, or the layer while the prefetcher is stopped)."""
+
+    def __init__(self, path: str, what: str = ""):
+        self.path = path
+        self.what = what or path
+        self._key, self.env = _acquire_env(path, self.what)
         try:
-            import lmdb
-        except ImportError:
-            raise ProtonetError("reading LMDB needs the 'lmdb' package: "
-                                "pip install 'protonet[data]'") from None
-        self.path, self.layer_name = path, layer_name
-        try:
-            self.env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                 max_readers=8)
-        except lmdb.Error as e:
-            raise ProtonetError(f"layer '{layer_name}': cannot open LMDB '{path}': {e}") from None
-        self.txn = self.env.begin(buffers=False)
-        self.cursor = self.txn.cursor()
+            self.entries = int(self.env.stat()["entries"])
+            self.txn = self.env.begin(buffers=False)
+            self.cursor = self.txn.cursor()
+        except BaseException:
+            _release_env(self._key)
+            self.env = None
+            raise
         if not self.cursor.first():
-            raise ProtonetError(f"layer '{layer_name}': LMDB '{path}' is empty")
+            self.close()
+            raise ProtonetError(f"{self.what}: LMDB '{path}' is empty")
 
-    def _datum(self):
-        from ..proto import caffe_pb2
-        datum = caffe_pb2.Datum()
-        try:
-            datum.ParseFromString(self.cursor.value())
-        except Exception:
-            raise ProtonetError(f"{self.path}: record '{self.cursor.key().decode(errors='replace')}'"
-                                " is not a Datum") from None
-        return datum
+    def close(self) -> None:
+        if self.env is not None:
+            try:
+                self.txn.abort()
+            finally:
+                self.env = None
+                _release_env(self._key)
 
-    def record_shape(self) -> tuple[int, int, int]:
-        return tuple(datum_to_array(self._datum()).shape)
+    # position -----------------------------------------------------------------------------
+    @property
+    def key(self) -> bytes:
+        """The key of the next record to be read."""
+        return self.cursor.key()
+
+    def seek(self, key: bytes) -> None:
+        if not self.cursor.set_key(key):
+            raise ProtonetError(f"{self.what}: LMDB '{self.path}' has no record with key "
+                                f"{key!r}; the database changed since the snapshot")
 
     def skip(self, n: int) -> None:
-        for _ in range(n):
+        for _ in range(n % self.entries if self.entries else n):
             self._advance()
 
-    def _advance(self):
+    def _advance(self) -> None:
         if not self.cursor.next():
             self.cursor.first()
 
-    def next_batch(self, n: int):
-        """The next ``n`` records as (uint8 or float32 (n, C, H, W), float32 labels (n,))."""
-        first = datum_to_array(self._datum())
-        batch = np.empty((n,) + first.shape, first.dtype)
-        labels = np.empty(n, np.float32)
-        for i in range(n):
-            datum = self._datum()
-            pixels = first if i == 0 else datum_to_array(datum)
-            if pixels.shape != first.shape:
-                raise ProtonetError(f"{self.path}: record shapes differ ({list(pixels.shape)} "
-                                    f"vs {list(first.shape)}); Data layers need equal shapes")
-            batch[i] = pixels
-            labels[i] = datum.label
-            self._advance()
-        return batch, labels
+    # records ------------------------------------------------------------------------------
+    def peek(self) -> bytes:
+        return self.cursor.value()
+
+    def read(self, n: int) -> list:
+        """The next ``n`` serialized records, wrapping around at the end."""
+        cursor = self.cursor
+        values = []
+        for _ in range(n):
+            values.append(cursor.value())
+            if not cursor.next():
+                cursor.first()
+        return values
+
+    def peek_datum(self):
+        """The next record, parsed (without moving on)."""
+        return parse_datum(self.peek(), f"{self.what}: record {self.key!r} of '{self.path}'")
+
+    def record_shape(self, mode: str = "native") -> tuple[int, int, int]:
+        """(C, H, W) of the next record."""
+        return tuple(datum_to_array(self.peek_datum(), mode,
+                                    f"{self.what}: record {self.key!r}").shape)
+
+
+# -- writing -----------------------------------------------------------------------------------
+class LMDBWriter:
+    """Puts records into a new LMDB database, committing every ``commit_every`` records."""
+
+    def __init__(self, path: str, commit_every: int = 1000, map_size: int = 1 << 26):
+        lmdb = _lmdb()
+        self._lmdb = lmdb
+        self.path = path
+        try:
+            os.makedirs(path)
+        except FileExistsError:
+            raise ProtonetError(f"{path} already exists; remove it first") from None
+        except OSError as e:
+            raise ProtonetError(f"{path}: cannot create directory ({e.strerror})") from None
+        self.env = lmdb.open(path, map_size=map_size, subdir=True, meminit=False,
+                             map_async=True)
+        self.commit_every = commit_every
+        self.pending: list = []
+        self.count = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.pending.append((key, value))
+        self.count += 1
+        if len(self.pending) >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        while self.pending:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in self.pending:
+                        txn.put(key, value)
+                self.pending = []
+            except self._lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.commit()
+            self.env.sync(True)
+            self.env.close()
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        elif self.env is not None:
+            self.env.close()
+            self.env = None

@@ -1,10 +1,22 @@
-"""Data layers: Input, DummyData, MemoryData and Data (LMDB ``Datum`` records)."""
+"""Data layers: Input, DummyData, MemoryData, Data (LMDB), ImageData, HDF5Data, HDF5Output.
+
+``Data`` and ``ImageData`` read and transform batches in a background thread
+(``data_param.prefetch`` batches ahead, default 4; 0 reads in ``forward``), as
+Caffe's ``BasePrefetchingDataLayer`` does. Their ``get_state()`` is the read
+position and random generator state *as of the next batch forward delivers*,
+however far the thread has read ahead, so a resumed solver sees the very same
+batches. ``close()`` stops the thread; dropping the layer stops it too.
+"""
 from __future__ import annotations
 
+import copy
 import os
+import warnings
+import weakref
 
 import numpy as np
 
+from ..data.prefetch import Loader, Prefetcher
 from ..errors import ProtonetError
 from .base import Layer, register
 
@@ -27,6 +39,9 @@ class _Source(Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+    def close(self) -> None:
+        """Release files and threads (safe to call more than once)."""
 
 
 @register("Input")
@@ -104,49 +119,227 @@ class DummyDataLayer(_Source):
 
 @register("MemoryData")
 class MemoryDataLayer(_Source):
-    """Batches from arrays set in Python (``set_input_arrays``); tops (N,C,H,W) and (N,)."""
+    """Batches from arrays given in Python (``net.set_input_arrays``, as in pycaffe).
+
+    Tops: data (batch_size, channels, height, width) and labels. The arrays are
+    served as they are -- no transformation, as in Caffe -- ``batch_size`` rows
+    per forward, wrapping around. After a forward the label top is
+    (batch_size, 1, 1, 1), as Caffe reshapes it.
+    """
 
     exact_num_top = 2
 
     def layer_setup(self, bottom, top):
         p = self.param.memory_data_param
-        self.shape = self.override(0) or (p.batch_size, p.channels, p.height, p.width)
-        if self.shape[0] <= 0:
-            raise self.error("memory_data_param.batch_size must be positive")
+        self.shape = tuple(self.override(0) or (p.batch_size, p.channels, p.height, p.width))
+        if len(self.shape) != 4 or any(d <= 0 for d in self.shape):
+            raise self.error("batch_size, channels, height and width must be given and positive "
+                             f"in memory_data_param (got {list(self.shape)})")
         self.data = self.labels = None
         self.pos = 0
-
-    def reshape(self, bottom, top):
         top[0].reshape(self.shape)
         top[1].reshape((self.shape[0],))
 
+    @property
+    def batch_size(self) -> int:
+        return self.shape[0]
+
+    def reshape(self, bottom, top):
+        pass
+
     def set_input_arrays(self, data, labels) -> None:
-        data = np.asarray(data, self.dtype)
-        labels = np.asarray(labels, self.dtype).reshape(-1)
-        if data.shape[1:] != tuple(self.shape[1:]):
+        """Serve ``data`` (N, C, H, W) and ``labels`` (N values) from now on, from row 0."""
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        if data.ndim != 4 or data.shape[1:] != tuple(self.shape[1:]):
+            chw = ", ".join(map(str, self.shape[1:]))
             raise self.error(f"data of shape {list(data.shape)} does not match "
-                             f"channels/height/width {list(self.shape[1:])}")
-        if len(data) != len(labels) or len(data) % self.shape[0]:
-            raise self.error(f"{len(data)} samples and {len(labels)} labels: both must be "
-                             f"equal and a multiple of batch_size {self.shape[0]}")
-        self.data, self.labels, self.pos = data, labels, 0
+                             f"(N, channels, height, width) = (N, {chw})")
+        if labels.size != len(data) or (labels.ndim > 1 and labels.shape[0] != len(data)):
+            raise self.error(f"{len(data)} data rows but labels of shape {list(labels.shape)}; "
+                             "give one label per row")
+        if len(data) == 0 or len(data) % self.batch_size:
+            raise self.error(f"{len(data)} rows is not a positive multiple of batch_size "
+                             f"{self.batch_size}")
+        if self.param.HasField("transform_param"):
+            warnings.warn(f"layer '{self.name}': MemoryData does not transform arrays given "
+                          "with set_input_arrays (transform_param is ignored, as in Caffe)",
+                          stacklevel=2)
+        self.data = np.ascontiguousarray(data, self.dtype)
+        self.labels = np.ascontiguousarray(labels, self.dtype).reshape(-1)
+        self.pos = 0
+
+    def set_batch_size(self, batch_size: int) -> None:
+        if batch_size <= 0:
+            raise self.error("batch_size must be positive")
+        self.shape = (int(batch_size),) + tuple(self.shape[1:])
+        self.pos = 0
 
     def forward(self, bottom, top):
         if self.data is None:
-            raise self.error("no arrays set; call set_input_arrays(data, labels) first")
-        n = self.shape[0]
+            raise self.error("no arrays to serve; call set_input_arrays(data, labels) first")
+        n = self.batch_size
+        if len(self.data) % n:
+            raise self.error(f"{len(self.data)} rows is not a multiple of batch_size {n}")
+        top[0].reshape(self.shape)
+        top[1].reshape((n, 1, 1, 1))
         top[0].data[...] = self.data[self.pos:self.pos + n]
-        top[1].data[...] = self.labels[self.pos:self.pos + n]
+        top[1].data[...] = self.labels[self.pos:self.pos + n].reshape(n, 1, 1, 1)
         self.pos = (self.pos + n) % len(self.data)
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "pos": self.pos}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self.pos = int(state.get("pos", 0))
+
+
+# -- prefetching layers ------------------------------------------------------------------------
+class _Slot:
+    """One preallocated batch: data (N, C, H, W) and labels (N,)."""
+
+    __slots__ = ("data", "label")
+
+    def __init__(self, data, label):
+        self.data, self.label = data, label
+
+
+def _transform_into(transformer, slot, pixels, dtype) -> None:
+    """Transform pixels (an (N, C, H, W) array or a list of (C, H, W)) into ``slot.data``,
+    reshaping the slot when this batch's images differ from the last one's (Caffe
+    shapes each batch after its first image)."""
+    first = pixels[0]
+    shape = (len(pixels),) + transformer.output_shape(*first.shape)
+    if slot.data.shape != shape:
+        slot.data = np.empty(shape, dtype)
+    if isinstance(pixels, list):
+        transformer.transform_images(pixels, slot.data)
+    else:
+        transformer(pixels, slot.data)
+
+
+def _warn_legacy_transform(layer, sub) -> None:
+    """Caffe ignores scale/mean_file/crop_size/mirror inside a (V2) layer's data_param."""
+    legacy = [f for f in ("scale", "mean_file", "crop_size", "mirror") if sub.HasField(f)]
+    if legacy:
+        from ..io.prototxt import ProtonetWarning
+        warnings.warn(f"layer '{layer.name}': {', '.join(legacy)} inside "
+                      f"{sub.DESCRIPTOR.name} {'is' if len(legacy) == 1 else 'are'} ignored, as "
+                      "Caffe ignores them in `layer {}` nets; move them into transform_param",
+                      ProtonetWarning, stacklevel=2)
+
+
+class _PrefetchingLayer(_Source):
+    """Shared machinery of Data and ImageData: a loader run by a Prefetcher."""
+
+    _prefetcher = None
+    _loader = None
+
+    def _start(self, loader, depth: int) -> None:
+        self._loader = loader
+        self._prefetcher = Prefetcher(loader, depth, name=f"protonet-{self.type}-{self.name}")
+        self._next_state = loader.get_state()
+        # the thread never sees the layer, so dropping the layer stops the thread
+        self._finalizer = weakref.finalize(self, self._prefetcher.close)
+
+    def reshape(self, bottom, top):
+        pass
+
+    _closed = False
+
+    def _check_open(self) -> None:
+        if self._prefetcher is None:
+            raise self.error("nothing to read: the shape was given with --input-shape "
+                             "instead of reading the source")
+        if self._closed:
+            raise self.error("the layer was closed")
+
+    def forward(self, bottom, top):
+        self._check_open()
+        try:
+            slot, state = self._prefetcher.next()
+        except BaseException:
+            # a failed batch (or an interrupt): stop reading ahead and put the loader back
+            # where the next batch starts
+            self._prefetcher.stop()
+            self._loader.set_state(self._next_state)
+            raise
+        try:
+            if top[0].shape != slot.data.shape:
+                top[0].reshape(slot.data.shape)
+            top[0].data[...] = slot.data
+            if len(top) > 1:
+                top[1].data[...] = slot.label
+        finally:
+            self._prefetcher.release(slot)
+        self._next_state = state
+
+    def get_state(self) -> dict:
+        if self._prefetcher is None:
+            return super().get_state()
+        return copy.deepcopy(self._next_state)
+
+    def set_state(self, state: dict) -> None:
+        if self._prefetcher is None:
+            return super().set_state(state)
+        self._check_open()
+        self._prefetcher.stop()
+        self._loader.set_state(state)
+        self._next_state = copy.deepcopy(state)
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._closed = True
+            self._finalizer()
+
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds forward has spent waiting for batches (0 when the prefetcher keeps up)."""
+        return self._prefetcher.wait_seconds if self._prefetcher is not None else 0.0
+
+
+class _DatumLoader(Loader):
+    """Reads batch_size Datum records per batch and transforms them."""
+
+    def __init__(self, db, transformer, batch_size, shape, dtype, what):
+        self.db, self.transformer = db, transformer
+        self.batch_size, self.shape, self.dtype, self.what = batch_size, shape, dtype, what
+
+    def new_slot(self):
+        return _Slot(np.zeros((self.batch_size,) + self.shape, self.dtype),
+                     np.zeros(self.batch_size, self.dtype))
+
+    def load(self, slot):
+        from ..data.lmdb_source import decode_batch
+        values = self.db.read(self.batch_size)
+        pixels, labels = decode_batch(values, self.transformer.decode_mode,
+                                      f"{self.what}: a record in '{self.db.path}'")
+        _transform_into(self.transformer, slot, pixels, self.dtype)
+        slot.label[...] = labels
+
+    def get_state(self):
+        # latin-1 maps bytes to code points one to one: readable and lossless in JSON
+        return {"rng": self.transformer.rng.bit_generator.state,
+                "key": self.db.key.decode("latin-1")}
+
+    def set_state(self, state):
+        if "key" in state:  # a bare {"rng": ...} keeps the read position
+            self.db.seek(state["key"].encode("latin-1"))
+        self.transformer.rng.bit_generator.state = state["rng"]
+
+    def close(self):
+        self.db.close()
 
 
 @register("Data")
-class DataLayer(_Source):
+class DataLayer(_PrefetchingLayer):
     """Batches of ``Datum`` records from an LMDB database, transformed.
 
-    Tops: data (batch_size, C, H', W') and optional label (batch_size,). The
+    Tops: data (batch_size, C, H', W') and optionally label (batch_size,). The
     record shape comes from the database's first record, as in Caffe. The
-    cursor wraps around at the end of the database.
+    cursor wraps around at the end of the database. ``rand_skip`` skips a random
+    number of records (below rand_skip) at setup.
     """
 
     min_num_top = 1
@@ -157,34 +350,40 @@ class DataLayer(_Source):
         p = self.param.data_param
         if p.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive")
+        _warn_legacy_transform(self, p)
         self.batch_size = int(p.batch_size)
         self.transformer = DataTransformer(self.param.transform_param, self.phase, self.rng,
                                            self.name)
         override = self.override(0)
-        self.db = None
         if override is not None:
             self.data_shape = tuple(override)
         else:
-            self.db = open_datum_db(self, p.source, p.backend)
-            c, h, w = self.db.record_shape()
-            self.data_shape = (self.batch_size,) + self.transformer.output_shape(c, h, w)
-            if p.rand_skip:
-                self.db.skip(int(self.rng.integers(p.rand_skip)))
-        self.reshape(bottom, top)
-
-    def reshape(self, bottom, top):
+            db = open_datum_db(self, p.source, p.backend)
+            try:
+                if p.rand_skip:
+                    db.skip(int(self.rng.integers(p.rand_skip)))
+                record = db.record_shape(self.transformer.decode_mode)
+                tp = self.param.transform_param
+                if (tp.force_color or tp.force_gray) and not db.peek_datum().encoded:
+                    warnings.warn(f"layer '{self.name}': force_color/force_gray apply only to "
+                                  "encoded Datums; these records are raw pixels (Caffe logs "
+                                  "the same)", stacklevel=2)
+                self.transformer.check_input(*record)  # fail at setup, as Caffe does
+            except BaseException:
+                db.close()
+                raise
+            shape = self.transformer.output_shape(*record)
+            self.data_shape = (self.batch_size,) + shape
+            loader = _DatumLoader(db, self.transformer, self.batch_size, shape, self.dtype,
+                                  f"layer '{self.name}' (Data)")
+            self._start(loader, p.prefetch)
         top[0].reshape(self.data_shape)
         if len(top) > 1:
             top[1].reshape((self.data_shape[0],))
 
-    def forward(self, bottom, top):
-        if self.db is None:
-            raise self.error(f"no database to read (shape given with --input-shape); "
-                             f"source '{self.param.data_param.source}'")
-        batch, labels = self.db.next_batch(self.batch_size)
-        self.transformer(batch, top[0].data)
-        if len(top) > 1:
-            top[1].data[...] = labels
+
+def _lenet_like(source: str) -> bool:
+    return "mnist" in source.lower()
 
 
 def open_datum_db(layer, source: str, backend: int):
@@ -192,14 +391,316 @@ def open_datum_db(layer, source: str, backend: int):
     if backend == caffe_pb2.DataParameter.LEVELDB:
         raise layer.error(
             "backend LEVELDB (Caffe's default) is not supported; set `backend: LMDB` in "
-            "data_param and convert the database with `protonet convert-imageset` or "
-            "`protonet data`")
+            "data_param and convert the data to LMDB with `protonet convert-imageset` "
+            "(images) or `protonet data mnist` (MNIST)")
     if not source:
-        raise layer.error("data_param.source is empty")
+        raise layer.error("data_param.source is empty; name an LMDB directory")
+    how = ("create it with `protonet data mnist` (or `protonet data fashion-mnist`)"
+           if _lenet_like(source) else
+           "create it with `protonet convert-imageset ROOT LIST DB`")
     if not os.path.exists(source):
         raise layer.error(
-            f"data source '{source}' does not exist; create it (e.g. `protonet data mnist` "
-            "for the LeNet example, or `protonet convert-imageset`), or give the shape with "
-            "--input-shape TOP=N,C,H,W")
+            f"data source '{source}' does not exist (looked in {os.getcwd()}); {how}; "
+            "or, for `summary`, give the shape with --input-shape TOP=N,C,H,W")
+    if os.path.isdir(source) and not os.path.exists(os.path.join(source, "data.mdb")):
+        if os.path.exists(os.path.join(source, "CURRENT")):
+            raise layer.error(
+                f"'{source}' is a LevelDB database; protonet reads LMDB only: "
+                f"{how.replace('create it', 're-create it as LMDB')}, or with Caffe's tools "
+                "and --backend=lmdb")
+        raise layer.error(f"'{source}' is not an LMDB database (no data.mdb inside); {how}")
     from ..data.lmdb_source import DatumDB
-    return DatumDB(source, layer.name)
+    return DatumDB(source, f"layer '{layer.name}' (Data)")
+
+
+class _ImageLoader(Loader):
+    """Reads batch_size images from a list file per batch, reshuffling each pass."""
+
+    def __init__(self, layer, lines, transformer, rng, dtype):
+        p = layer.param.image_data_param
+        self.lines, self.transformer, self.rng, self.dtype = lines, transformer, rng, dtype
+        self.root, self.batch_size = p.root_folder, int(p.batch_size)
+        self.new_height, self.new_width = int(p.new_height), int(p.new_width)
+        self.is_color, self.shuffle = bool(p.is_color), bool(p.shuffle)
+        self.what = f"layer '{layer.name}' (ImageData)"
+        self.source = p.source
+        self.index = 0
+        self.epoch_seed = None
+        self.order = np.arange(len(lines))
+        self.shape = None
+
+    def reshuffle(self):
+        """A new pass in a new random order (Caffe's ShuffleImages)."""
+        self.epoch_seed = int(self.rng.integers(2 ** 63))
+        self.order = np.random.default_rng(self.epoch_seed).permutation(len(self.lines))
+
+    def read(self, i: int) -> np.ndarray:
+        from ..data.images import read_image
+        path, _ = self.lines[self.order[i]]
+        try:
+            return read_image(self.root + path, self.new_height, self.new_width,
+                              self.is_color)
+        except FileNotFoundError:
+            raise ProtonetError(
+                f"{self.what}: could not load '{self.root + path}' (listed in "
+                f"'{self.source}'; root_folder '{self.root}')") from None
+
+    def new_slot(self):
+        return _Slot(np.zeros((self.batch_size,) + self.shape, self.dtype),
+                     np.zeros(self.batch_size, self.dtype))
+
+    def load(self, slot):
+        images, labels = [], np.empty(self.batch_size, np.float32)
+        for k in range(self.batch_size):
+            images.append(self.read(self.index))
+            labels[k] = self.lines[self.order[self.index]][1]
+            self.index += 1
+            if self.index >= len(self.lines):
+                self.index = 0
+                if self.shuffle:
+                    self.reshuffle()
+        same = all(im.shape == images[0].shape for im in images)
+        _transform_into(self.transformer, slot, np.stack(images) if same else images,
+                        self.dtype)
+        slot.label[...] = labels
+
+    def get_state(self):
+        return {"rng": self.rng.bit_generator.state, "index": self.index,
+                "epoch_seed": self.epoch_seed}
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        if "index" not in state:  # a bare {"rng": ...} keeps the read position
+            return
+        self.index = int(state["index"])
+        self.epoch_seed = state.get("epoch_seed")
+        self.order = (np.arange(len(self.lines)) if self.epoch_seed is None else
+                      np.random.default_rng(self.epoch_seed).permutation(len(self.lines)))
+
+
+@register("ImageData")
+class ImageDataLayer(_PrefetchingLayer):
+    """Batches of image files named in a list file (``path label`` per line).
+
+    Images are read as OpenCV reads them (BGR, or grey with ``is_color: false``),
+    resized to new_height x new_width when both are set, then transformed.
+    ``shuffle`` shuffles at setup and after every pass; ``rand_skip`` starts at
+    a random line below it.
+    """
+
+    exact_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        from ..data.images import read_image_list
+        from ..transform import DataTransformer
+        p = self.param.image_data_param
+        what = f"layer '{self.name}' (ImageData)"
+        if p.batch_size <= 0:
+            raise self.error("image_data_param.batch_size must be positive")
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise self.error("set new_height and new_width together (or neither)")
+        _warn_legacy_transform(self, p)
+        self.batch_size = int(p.batch_size)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.rng,
+                                           self.name)
+        override = self.override(0)
+        if override is not None:
+            self.data_shape = tuple(override)
+        else:
+            if not p.source:
+                raise self.error("image_data_param.source is empty; name a list file")
+            lines = [(path, label) for path, label in read_image_list(p.source, what) if path]
+            if not lines:
+                raise self.error(f"image list '{p.source}' is empty")
+            loader = _ImageLoader(self, lines, self.transformer, self.rng, self.dtype)
+            if p.shuffle:
+                loader.reshuffle()
+            if p.rand_skip:
+                skip = int(self.rng.integers(p.rand_skip))
+                if skip >= len(lines):
+                    raise self.error(f"rand_skip {p.rand_skip} drew {skip}, but the list has "
+                                     f"only {len(lines)} images")
+                loader.index = skip
+            image = loader.read(loader.index)
+            self.transformer.check_input(*image.shape)
+            shape = self.transformer.output_shape(*image.shape)
+            loader.shape = shape
+            self.data_shape = (self.batch_size,) + shape
+            # Caffe's prefetching base reads data_param.prefetch (default 4) for every layer
+            self._start(loader, self.param.data_param.prefetch)
+        top[0].reshape(self.data_shape)
+        top[1].reshape((self.data_shape[0],))
+
+
+@register("HDF5Data")
+class HDF5DataLayer(_Source):
+    """Rows of HDF5 datasets, one dataset per top (named after it), batch_size per forward.
+
+    ``source`` is a text file listing ``.h5`` files. Files are read one at a time,
+    in order or (``shuffle``) in a random order with rows in a random order;
+    batches run on across file ends. No transformation, as in Caffe.
+    """
+
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        from ..data.hdf5 import read_file_list
+        p = self.param.hdf5_data_param
+        self.what = f"layer '{self.name}' (HDF5Data)"
+        if self.param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data; remove transform_param "
+                             "(store the data already transformed)")
+        if p.batch_size <= 0:
+            raise self.error("hdf5_data_param.batch_size must be positive")
+        self.batch_size = int(p.batch_size)
+        self.shuffle = bool(p.shuffle)
+        self.names = list(self.param.top)
+        overrides = [self.override(i) for i in range(len(top))]
+        self.files = None
+        if all(o is not None for o in overrides):
+            self.shapes = [tuple(o) for o in overrides]
+        else:
+            if not p.source:
+                raise self.error("hdf5_data_param.source is empty; name a text file listing "
+                                 ".h5 files")
+            self.files = read_file_list(p.source, self.what)
+            self.file_seed = self.row_seed = None
+            self.file_order = np.arange(len(self.files))
+            if self.shuffle:
+                self._shuffle_files()
+            self.file_index = 0
+            self._load_file()
+            self.row = 0
+            self.row_shapes = [a.shape[1:] for a in self.arrays]
+            self.shapes = [o if o is not None else (self.batch_size,) + s
+                           for o, s in zip(overrides, self.row_shapes)]
+        for t, s in zip(top, self.shapes):
+            t.reshape(s)
+
+    def _shuffle_files(self):
+        self.file_seed = int(self.rng.integers(2 ** 63))
+        self.file_order = np.random.default_rng(self.file_seed).permutation(len(self.files))
+
+    def _shuffle_rows(self):
+        self.row_seed = int(self.rng.integers(2 ** 63))
+        self._set_row_order()
+
+    def _set_row_order(self):
+        n = len(self.arrays[0])
+        self.row_order = (np.random.default_rng(self.row_seed).permutation(n)
+                          if self.row_seed is not None else np.arange(n))
+
+    def _load_file(self, draw: bool = True):
+        from ..data.hdf5 import load_datasets
+        path = self.files[self.file_order[self.file_index]]
+        self.arrays = load_datasets(path, self.names, self.dtype, self.what)
+        if hasattr(self, "row_shapes"):
+            for name, a, s in zip(self.names, self.arrays, self.row_shapes):
+                if a.shape[1:] != s:
+                    raise self.error(f"dataset '{name}' in '{path}' has rows of shape "
+                                     f"{list(a.shape[1:])}, the first file's have {list(s)}")
+        if draw and self.shuffle:
+            self._shuffle_rows()
+        else:
+            self._set_row_order()
+
+    def _next_file(self):
+        """The end of a file: on to the next (reshuffling after the last), as Caffe's Next()."""
+        if len(self.files) > 1:
+            self.file_index += 1
+            if self.file_index == len(self.files):
+                self.file_index = 0
+                if self.shuffle:
+                    self._shuffle_files()
+            self._load_file()
+        elif self.shuffle:
+            self._shuffle_rows()
+        self.row = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        if self.files is None:
+            raise self.error("nothing to read: the shapes were given with --input-shape")
+        filled = 0
+        while filled < self.batch_size:
+            take = min(self.batch_size - filled, len(self.row_order) - self.row)
+            rows = self.row_order[self.row:self.row + take]
+            for t, a in zip(top, self.arrays):
+                t.data[filled:filled + take] = a[rows]
+            filled += take
+            self.row += take
+            if self.row == len(self.row_order):
+                self._next_file()
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.files is not None:
+            state.update(file_seed=self.file_seed, file_index=self.file_index,
+                         row_seed=self.row_seed, row=self.row)
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if self.files is None or "row" not in state:
+            return
+        self.file_seed, self.row_seed = state["file_seed"], state["row_seed"]
+        self.file_order = (np.random.default_rng(self.file_seed).permutation(len(self.files))
+                           if self.file_seed is not None else np.arange(len(self.files)))
+        self.file_index = int(state["file_index"])
+        self._load_file(draw=False)
+        self.row = int(state["row"])
+
+
+@register("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Writes its two bottoms to ``hdf5_output_param.file_name`` as datasets ``data`` and
+    ``label`` (4-D float, as Caffe writes them). The file is created at setup.
+
+    Caffe can write only one batch (a second forward fails on the existing
+    datasets); protonet appends each forward's batch instead.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 0
+    has_backward = False
+    _writer = None
+
+    def layer_setup(self, bottom, top):
+        from ..data.hdf5 import HDF5Writer
+        name = self.param.hdf5_output_param.file_name
+        if not name:
+            raise self.error("hdf5_output_param.file_name is empty")
+        self._writer = HDF5Writer(name, f"layer '{self.name}' (HDF5Output)")
+        self._finalizer = weakref.finalize(self, self._writer.close)
+
+    def reshape(self, bottom, top):
+        if bottom[0].shape[:1] != bottom[1].shape[:1]:
+            raise self.shape_error("data and label must have the same batch size", bottom)
+
+    def forward(self, bottom, top):
+        from ..data.hdf5 import legacy_4d
+        for name, blob in (("data", bottom[0]), ("label", bottom[1])):
+            self._writer.append(name, np.asarray(blob.data).reshape(legacy_4d(blob.shape)))
+        self._writer.flush()
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._finalizer()
+
+
+@register("WindowData")
+class WindowDataLayer(_Source):
+    """R-CNN's window-file data layer: not supported."""
+
+    def layer_setup(self, bottom, top):
+        raise self.error("WindowData (R-CNN window files) is not supported; crop the windows "
+                         "into image files and read them with ImageData (or convert them with "
+                         "`protonet convert-imageset` and use Data)")
+
+    def reshape(self, bottom, top):
+        pass
