@@ -1,4 +1,7 @@
-"""Local response normalisation, after Caffe's ``src/caffe/layers/lrn_layer.cpp``.
+"""Normalisation layers: LRN, BatchNorm and MVN, after Caffe's
+``src/caffe/layers/{lrn,batch_norm,mvn}_layer.cpp``.
+
+LRN (local response normalisation):
 
 bottom and top are (N, C, H, W). With n = ``local_size`` (odd) and zero padding:
 
@@ -13,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, register
+from .base import TEST, Layer, register
+from .neuron import reuse_buffer
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 
@@ -106,3 +110,204 @@ class LRNLayer(Layer):
     def macc(self, bottom, top):
         per_element = self.size if self.region == ACROSS_CHANNELS else 2 * self.size
         return bottom[0].count * (per_element + 2)
+
+
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Normalises each channel (axis 1) with statistics over the batch and every other axis.
+
+    bottom and top are (N, C, ...) (a 1-axis bottom is one channel); with m = N * spatial
+    values per channel, ``y = (x - mean) / sqrt(var + eps)``, var the biased variance.
+    No scale or shift: Caffe pairs it with a ``Scale { bias_term: true }`` layer.
+
+    The three blobs are running sums, never learned: mean (C,), variance (C,) and a scale
+    factor (1,), all starting at 0. Without ``use_global_stats`` (the default in TRAIN),
+    forward normalises with the batch statistics and updates, with f the
+    ``moving_average_fraction``::
+
+        factor = f * factor + 1;   mean_sum = f * mean_sum + mean
+        var_sum = f * var_sum + m / (m - 1) * var      (m / (m - 1) is 1 when m = 1)
+
+    With ``use_global_stats`` (the default in TEST) it uses ``mean_sum / factor`` and
+    ``var_sum / factor`` (both 0 while factor is 0). As Caffe's LayerSetUp does, setup adds
+    a ``param { lr_mult: 0 }`` for each blob the layer parameter does not list, and refuses
+    a listed one with a non-zero lr_mult, so the solver never changes them.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.batch_norm_param
+        self.moving_average_fraction = float(p.moving_average_fraction)
+        self.use_global_stats = (bool(p.use_global_stats) if p.HasField("use_global_stats")
+                                 else self.phase == TEST)
+        self.eps = float(p.eps)
+        self.channels = self._channels(bottom)
+        if not self.blobs:  # set up once; loaded or shared blobs are kept, as in Caffe
+            for shape in ((self.channels,), (self.channels,), (1,)):
+                self.add_param(shape, None)  # zeros, filled by forward, not by a filler
+        for i in range(len(self.blobs)):
+            if len(self.param.param) == i:
+                self.param.param.add().lr_mult = 0.0
+            elif self.param.param[i].lr_mult != 0:
+                raise self.error(
+                    f"param {i} has lr_mult {self.param.param[i].lr_mult:g}: batch "
+                    "normalization statistics cannot be learned; give lr_mult: 0 or leave "
+                    "the param blocks out")
+        self.param_propagate_down = [False] * len(self.blobs)
+
+    def _channels(self, bottom) -> int:
+        if bottom[0].num_axes < 1:
+            raise self.shape_error("bottom must have at least 1 axis", bottom)
+        return 1 if bottom[0].num_axes == 1 else bottom[0].shape[1]
+
+    def reshape(self, bottom, top):
+        channels = self._channels(bottom)
+        if channels != self.channels:
+            raise self.shape_error(
+                f"bottom has {channels} channels (axis 1), the statistics were made for "
+                f"{self.channels}", bottom)
+        top[0].reshape(bottom[0].shape)
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        """(N, C, spatial) view of a bottom-shaped array."""
+        return a.reshape(a.shape[0], self.channels, -1)
+
+    def forward(self, bottom, top):
+        x, y = self._view(bottom[0].data), self._view(top[0].data)
+        m = x.shape[0] * x.shape[2]  # values per channel
+        if self.use_global_stats:
+            factor = self.blobs[2].data[0]
+            scale = factor.dtype.type(0) if factor == 0 else factor.dtype.type(1) / factor
+            mean = self.blobs[0].data * scale
+            var = self.blobs[1].data * scale
+        else:
+            mean = _channel_sum(x, 1.0 / m)
+        np.subtract(x, mean[:, None], out=y)  # in place too: x is read before written
+        if not self.use_global_stats:
+            var = _channel_sum(np.square(y), 1.0 / m)
+            f = self.moving_average_fraction
+            sums = [b.data for b in self.blobs]
+            sums[2] *= f
+            sums[2] += 1
+            sums[0] *= f
+            sums[0] += mean
+            correction = self.dtype.type(m) / self.dtype.type(m - 1) if m > 1 else 1.0
+            sums[1] *= f
+            sums[1] += var * correction
+        var += self.eps
+        self.std = np.sqrt(var, out=var)  # (C,)
+        y /= self.std[:, None]
+        # later in-place layers (Scale, ReLU) overwrite top: keep the normalised values
+        if self.use_global_stats:
+            self.x_norm = None
+        else:
+            self.x_norm = reuse_buffer(getattr(self, "x_norm", None), y)
+            np.copyto(self.x_norm, y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy, dx = self._view(top[0].diff), self._view(bottom[0].diff)  # one array in place
+        std = self.std[:, None]
+        if self.use_global_stats:
+            np.divide(dy, std, out=dx)
+            return
+        # dx = (dy - mean(dy) - mean(dy * y) * y) / sqrt(var + eps), means per channel
+        y = self.x_norm
+        m = y.shape[0] * y.shape[2]
+        grad = y * _channel_sum(dy * y)[:, None]
+        grad += _channel_sum(dy)[:, None]
+        grad *= -1.0 / m
+        grad += dy
+        np.divide(grad, std, out=dx)
+
+    def macc(self, bottom, top):
+        return bottom[0].count
+
+
+def _channel_sum(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Per-channel sum of an (N, C, S) array, as Caffe's two gemv calls: each (n, c) row is
+    summed (and scaled) first, then the rows over n."""
+    rows = a.sum(axis=2)
+    if scale != 1.0:
+        rows *= scale
+    return rows.sum(axis=0)
+
+
+@register("MVN")
+class MVNLayer(Layer):
+    """Mean-variance normalisation of each (n, c) plane, or each sample with
+    ``across_channels``: ``y = x - mean``, then with ``normalize_variance``
+    ``y = (x - mean) / (std + eps)`` (Caffe adds eps to the standard deviation).
+
+    Caffe shapes this layer with the legacy (num, channels, height, width) accessors: the
+    bottom may have at most 4 axes and top is always 4-D, e.g. (N, C) -> (N, C, 1, 1).
+    Backward is Caffe's: ``(dy - mean(dy) - mean(dy * y) * y) / (std + eps)``, which is
+    exact for eps = 0 (it leaves out a factor std / (std + eps) on the last term).
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.mvn_param
+        self.normalize_variance = bool(p.normalize_variance)
+        self.across_channels = bool(p.across_channels)
+        self.eps = float(p.eps)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) > 4:
+            raise self.shape_error("uses Caffe's legacy (num, channels, height, width) shape, "
+                                   "so the bottom can have at most 4 axes", bottom)
+        legacy = shape + (1,) * (4 - len(shape))
+        if top[0] is bottom[0] and shape != legacy:
+            kept = bottom[0].data
+            top[0].reshape(legacy)
+            top[0].data[...] = kept.reshape(legacy)
+        else:
+            top[0].reshape(legacy)
+        self.rows = legacy[0] if self.across_channels else legacy[0] * legacy[1]
+
+    def _view(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(self.rows, -1)
+
+    def forward(self, bottom, top):
+        x, y = self._view(bottom[0].data), self._view(top[0].data)
+        dim = x.shape[1]
+        mean = x.sum(axis=1)
+        mean *= 1.0 / dim
+        np.subtract(x, mean[:, None], out=y)
+        if not self.normalize_variance:
+            return
+        var = np.square(y).sum(axis=1)
+        var *= 1.0 / dim
+        std = np.sqrt(var, out=var)
+        std += self.eps
+        self.std = std
+        y /= std[:, None]
+        # Caffe reads top.data in backward; a later in-place layer may have changed it
+        self.y = reuse_buffer(getattr(self, "y", None), y)
+        np.copyto(self.y, y)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy, dx = self._view(top[0].diff), self._view(bottom[0].diff)  # one array in place
+        dim = dy.shape[1]
+        if not self.normalize_variance:
+            mean = dy.sum(axis=1)
+            mean *= 1.0 / dim
+            np.subtract(dy, mean[:, None], out=dx)
+            return
+        y = self.y
+        grad = y * (dy * y).sum(axis=1)[:, None]
+        grad += dy.sum(axis=1)[:, None]
+        grad *= -1.0 / dim
+        grad += dy
+        np.divide(grad, self.std[:, None], out=dx)
+
+    def macc(self, bottom, top):
+        return bottom[0].count
