@@ -32,7 +32,8 @@ def read_weights_hdf5(path: str) -> "OrderedDict[str, list[np.ndarray]]":
             out = OrderedDict()
             for name, group in f["data"].items():
                 keys = sorted(group.keys(), key=int)
-                out[name] = [np.asarray(group[k]) for k in keys]
+                if keys:  # Caffe writes an empty group for layers whose blobs are shared
+                    out[name] = [np.asarray(group[k]) for k in keys]
             return out
     except FileNotFoundError:
         raise ProtonetError(f"{path}: no such file") from None

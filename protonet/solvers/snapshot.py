@@ -1,0 +1,413 @@
+"""Snapshot files: weights (.caffemodel / .caffemodel.h5), solver state
+(.solverstate / .solverstate.h5) and protonet's exact-resume sidecar.
+
+Formats are Caffe's, so Caffe reads what protonet writes and vice versa:
+
+* ``.caffemodel``: binary ``NetParameter`` as ``Net::ToProto`` writes it -- the
+  net's name and every layer (auto-inserted Split layers included) with its
+  ``phase`` filled in and its learnable blobs (shape + data, + diff with
+  ``snapshot_diff``).
+* ``.caffemodel.h5``: group ``data/<layer>/<i>`` per learnable blob (only the
+  owner of a shared blob), and ``diff/<layer>/<i>`` with ``snapshot_diff``.
+* ``.solverstate``: binary ``SolverState{iter, learned_net, history[], current_step}``.
+* ``.solverstate.h5``: datasets ``iter``, ``learned_net``, ``current_step`` and
+  group ``history/<i>``.
+
+Every file is written atomically: into a temporary file beside it, flushed and
+fsync'ed, then renamed over the final name, and the directory fsync'ed. A
+crash or ``kill -9`` at any moment leaves either the previous complete file or
+the new complete one (plus, at worst, a ``*.protonet-tmp-<pid>`` file, removed
+by the next snapshot).
+
+Exact resume: Caffe's solverstate does not hold the data layers' read positions
+or any random generator. protonet writes them, with the smoothed-loss window,
+to ``<solverstate>.protonet.json``, before renaming the solverstate into place
+(so a solverstate on disk always has its sidecar). Caffe ignores the sidecar.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ProtonetError
+from ..io.blobs import blob_proto_to_array
+from ..proto import caffe_pb2
+
+TMP_MARK = ".protonet-tmp-"
+SIDECAR_SUFFIX = ".protonet.json"
+SIDECAR_FORMAT = 1
+#: seconds to pause half-way through every snapshot file write (for crash tests only)
+WRITE_DELAY_ENV = "PROTONET_SNAPSHOT_WRITE_DELAY"
+
+
+# -- atomic writing ------------------------------------------------------------------------------
+def _write_delay() -> float:
+    try:
+        return float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+    except ValueError:
+        return 0.0
+
+
+def _fsync_dir(directory: str) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, content) -> None:
+    """Write ``content`` (bytes, or a function that writes a given path) to ``path`` atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    delay = _write_delay()
+    try:
+        if callable(content):
+            content(tmp)
+            if delay:
+                time.sleep(delay)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            data = memoryview(content)
+            with open(tmp, "wb") as f:
+                if delay:
+                    half = len(data) // 2
+                    f.write(data[:half])
+                    f.flush()
+                    time.sleep(delay)
+                    f.write(data[half:])
+                else:
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise ProtonetError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+    _fsync_dir(directory)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(prefix: str) -> list[str]:
+    """Delete temporary snapshot files under ``prefix`` left by processes that died."""
+    removed = []
+    for tmp in glob.glob(glob.escape(prefix) + "_iter_*" + TMP_MARK + "*"):
+        try:
+            pid = int(tmp.rsplit(TMP_MARK, 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+                removed.append(tmp)
+    return removed
+
+
+# -- protobuf wire format, written directly for large float arrays --------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, payload) -> bytes:
+    """A length-delimited field (wire type 2): key, length, payload."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + bytes(payload)
+
+
+def blob_proto_bytes(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
+    """A serialized BlobProto (shape + packed data [+ diff]), as Blob::ToProto writes it."""
+    from ..io.caffemodel import encode_blob
+    return encode_blob(data, diff)
+
+
+def layer_params_for_snapshot(net):
+    """(LayerParameter without blobs, phase filled in, layer) for every layer of ``net``."""
+    for lp, layer in zip(net.param.layer, net.layers):
+        copy = caffe_pb2.LayerParameter()
+        copy.CopyFrom(lp)
+        copy.ClearField("blobs")
+        if not copy.HasField("phase"):
+            copy.phase = net.phase
+        yield copy, layer
+
+
+def net_to_bytes(net, write_diff: bool = False) -> bytes:
+    """Serialized NetParameter of ``net`` and its weights (Caffe's Net::ToProto)."""
+    parts = [caffe_pb2.NetParameter(name=net.name).SerializeToString()]
+    for lp, layer in layer_params_for_snapshot(net):
+        blobs = b"".join(_len_field(7, blob_proto_bytes(b.data, b.diff if write_diff else None))
+                         for b in layer.blobs)
+        parts.append(_len_field(100, lp.SerializeToString() + blobs))
+    return b"".join(parts)
+
+
+def write_caffemodel(net, path: str, write_diff: bool = False) -> None:
+    atomic_write(path, net_to_bytes(net, write_diff))
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ProtonetError("HDF5 snapshots need h5py: pip install h5py "
+                            "(or use snapshot_format: BINARYPROTO)") from None
+    return h5py
+
+
+def check_hdf5_snapshot(net) -> None:
+    """Raise now if ``net`` cannot be written as HDF5 (no h5py, or a '/' in a layer name)."""
+    _h5py()
+    for name in net.layer_names:
+        if "/" in name:
+            raise ProtonetError(
+                f"layer '{name}': HDF5 snapshots cannot hold a layer name with '/' (HDF5 "
+                "reads it as a group separator; Caffe fails the same way); use "
+                "snapshot_format: BINARYPROTO")
+
+
+def write_caffemodel_h5(net, path: str, write_diff: bool = False) -> None:
+    """Net::ToHDF5: ``data/<layer>/<i>`` for owned blobs, ``diff/<layer>/<i>`` for all."""
+    h5py = _h5py()
+    owners = {id(b) for b in net.learnable_params}
+    check_hdf5_snapshot(net)
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for name, layer in zip(net.layer_names, net.layers):
+                group = data.create_group(name)
+                dgroup = diff.create_group(name) if diff is not None else None
+                for j, blob in enumerate(layer.blobs):
+                    if id(blob) in owners:
+                        group.create_dataset(str(j), data=blob.data)
+                    if dgroup is not None:
+                        dgroup.create_dataset(str(j), data=blob.diff)
+    atomic_write(path, write)
+
+
+def copy_trained_layers_h5(net, path: str) -> None:
+    """Net::CopyTrainedLayersFromHDF5: copy ``data/<layer>/<i>`` by layer name."""
+    import warnings
+    from ..io.prototxt import ProtonetWarning
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise ProtonetError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
+    layers = net.layer_dict
+    shared = _shared_non_owner_blobs(net)
+    with f:
+        if "data" not in f:
+            raise ProtonetError(f"{path}: no 'data' group; not a Caffe HDF5 weights file")
+        for name, group in f["data"].items():
+            target = layers.get(name)
+            if target is None:
+                if len(group):
+                    warnings.warn(f"{path}: ignoring source layer '{name}' (not in the net)",
+                                  ProtonetWarning, stacklevel=2)
+                continue
+            if len(group) > len(target.blobs):
+                raise ProtonetError(
+                    f"{path}: layer '{name}' has {len(group)} blobs in the weights file but "
+                    f"{len(target.blobs)} in the net; rename the layer to skip copying it")
+            for j, blob in enumerate(target.blobs):
+                if str(j) not in group:
+                    if id(blob) in shared:
+                        continue
+                    raise ProtonetError(f"{path}: layer '{name}' lacks blob {j} in the "
+                                        "weights file; rename the layer to skip copying it")
+                array = np.asarray(group[str(j)])
+                if array.shape != blob.shape:
+                    raise ProtonetError(
+                        f"{path}: cannot copy param {j} of layer '{name}': shape "
+                        f"{list(array.shape)} in the weights file, {list(blob.shape)} in the "
+                        "net; to learn this layer's parameters from scratch rather than "
+                        "copying them, rename the layer")
+                blob.data[...] = array
+
+
+def _shared_non_owner_blobs(net) -> set[int]:
+    owners = {id(b) for b in net.learnable_params}
+    return {id(b) for layer in net.layers for b in layer.blobs if id(b) not in owners}
+
+
+def load_weights(net, path: str) -> None:
+    """Copy weights by layer name from a .caffemodel or (name ending .h5) a .caffemodel.h5."""
+    if path.endswith(".h5"):
+        copy_trained_layers_h5(net, path)
+    else:
+        from ..io.weights import copy_trained_layers
+        copy_trained_layers(net, path)
+
+
+# -- solver state ----------------------------------------------------------------------------------
+@dataclass
+class SolverStateData:
+    iter: int
+    learned_net: str
+    current_step: int
+    history: list = field(default_factory=list)
+
+
+def solverstate_bytes(iteration: int, learned_net: str, current_step: int, history) -> bytes:
+    head = caffe_pb2.SolverState(iter=iteration, learned_net=learned_net,
+                                 current_step=current_step).SerializeToString()
+    return head + b"".join(_len_field(3, blob_proto_bytes(h)) for h in history)
+
+
+def write_solverstate(path: str, iteration: int, learned_net: str, current_step: int,
+                      history) -> None:
+    atomic_write(path, solverstate_bytes(iteration, learned_net, current_step, history))
+
+
+def _h5_fixed_string(group, name: str, text: str) -> None:
+    """A scalar NUL-terminated fixed-length string, as H5LTmake_dataset_string writes it."""
+    h5py = _h5py()
+    raw = text.encode("utf-8") + b"\0"
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(len(raw))
+    tid.set_strpad(h5py.h5t.STR_NULLTERM)
+    space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dset = h5py.h5d.create(group.id, name.encode(), tid, space)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw, dtype=f"S{len(raw)}"))
+
+
+def write_solverstate_h5(path: str, iteration: int, learned_net: str, current_step: int,
+                         history) -> None:
+    h5py = _h5py()
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.int32(iteration))
+            _h5_fixed_string(f, "learned_net", learned_net)
+            f.create_dataset("current_step", data=np.int32(current_step))
+            group = f.create_group("history")
+            for i, h in enumerate(history):
+                group.create_dataset(str(i), data=h)
+    atomic_write(path, write)
+
+
+def read_solverstate(path: str) -> SolverStateData:
+    """Read a .solverstate (binary SolverState) or .solverstate.h5 (name ends in .h5)."""
+    if path.endswith(".h5"):
+        return _read_solverstate_h5(path)
+    from google.protobuf import message as pb_message
+    state = caffe_pb2.SolverState()
+    try:
+        with open(path, "rb") as f:
+            state.ParseFromString(f.read())
+    except FileNotFoundError:
+        raise ProtonetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ProtonetError(f"{path}: is a directory, not a .solverstate") from None
+    except (pb_message.DecodeError, RuntimeError) as e:
+        raise ProtonetError(f"{path}: not a valid binary SolverState ({e})") from None
+    return SolverStateData(state.iter, state.learned_net, state.current_step,
+                           [blob_proto_to_array(h) for h in state.history])
+
+
+def _read_solverstate_h5(path: str) -> SolverStateData:
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise ProtonetError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        try:
+            iteration = int(f["iter"][()])
+            current_step = int(f["current_step"][()])
+            learned = f["learned_net"][()] if "learned_net" in f else b""
+            group = f["history"]
+            history = [np.asarray(group[str(i)]) for i in range(len(group))]
+        except KeyError as e:
+            raise ProtonetError(f"{path}: not a Caffe HDF5 solver state ({e})") from None
+    if isinstance(learned, bytes):
+        learned = learned.split(b"\0", 1)[0].decode("utf-8")
+    return SolverStateData(iteration, str(learned), current_step, history)
+
+
+# -- the exact-resume sidecar --------------------------------------------------------------------
+def sidecar_path(state_path: str) -> str:
+    return state_path + SIDECAR_SUFFIX
+
+
+def _jsonable(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": bytes(value).hex()}
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a snapshot sidecar")
+
+
+def _from_json(obj):
+    if "__ndarray__" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+    if "__bytes__" in obj:
+        return bytes.fromhex(obj["__bytes__"])
+    return obj
+
+
+def write_sidecar(path: str, content: dict) -> None:
+    content = dict(content, format=SIDECAR_FORMAT)
+    text = json.dumps(content, default=_jsonable, allow_nan=True, separators=(",", ":"))
+    atomic_write(path, text.encode("utf-8"))
+
+
+def read_sidecar(path: str) -> dict | None:
+    """The sidecar's content, or None when it is absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            content = json.loads(f.read().decode("utf-8"), object_hook=_from_json)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
+        return None
+    return content
