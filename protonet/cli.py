@@ -117,6 +117,7 @@ def cmd_compare(args) -> int:
 
 def cmd_upgrade(args) -> int:
     from .io import prototxt
+    from .io.atomic import atomic_write
     from .proto import caffe_pb2
     if prototxt.is_binary_proto(args.input):
         message = prototxt.read_net_binary(args.input)
@@ -128,9 +129,9 @@ def cmd_upgrade(args) -> int:
             message = prototxt.parse_net(text, args.input, args.lenient)
     if args.output.endswith((".caffemodel", ".binaryproto")):
         data = message.SerializeToString()
-        _atomic_write(args.output, data)
+        atomic_write(args.output, data)
     else:
-        _atomic_write(args.output, prototxt.write_text(message).encode("utf-8"))
+        atomic_write(args.output, prototxt.write_text(message).encode("utf-8"))
     kind = "solver" if isinstance(message, caffe_pb2.SolverParameter) else "net"
     print(f"wrote upgraded {kind} to {args.output}", file=sys.stderr)
     return 0
@@ -147,17 +148,6 @@ def _looks_like_solver(text: str) -> bool:
     solver_only = set(caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name) - \
         set(caffe_pb2.NetParameter.DESCRIPTOR.fields_by_name)
     return bool(keys & solver_only)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    import os
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ProtonetError(f"{path}: cannot write ({e.strerror})") from None
 
 
 #: Modules that add their own subcommands through ``add_parsers(subparsers)``;

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ProtonetError
 from ..proto import caffe_pb2
+from .atomic import atomic_write
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
@@ -219,36 +220,27 @@ def encode_blob(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
     return out
 
 
-def write_caffemodel(net, path: str, write_diff: bool = False) -> None:
-    """Write ``net``'s layers and learnable blobs as a binary caffemodel (Caffe's Net::ToProto),
-    atomically (temp file + fsync + rename)."""
-    header = caffe_pb2.NetParameter(name=net.name)
-    parts = [header.SerializeToString()]
-    for layer in net.layers:
+def caffemodel_bytes(net, write_diff: bool = False) -> bytes:
+    """``net`` and its learnable blobs as a serialized NetParameter (Caffe's Net::ToProto:
+    every layer's definition, its phase filled in, then its blobs)."""
+    parts = [caffe_pb2.NetParameter(name=net.name).SerializeToString()]
+    for lp, layer in zip(net.param.layer, net.layers):
         meta = caffe_pb2.LayerParameter()
-        meta.CopyFrom(layer.param)
+        meta.CopyFrom(lp)
         meta.ClearField("blobs")
-        body = meta.SerializeToString() + b"".join(
-            _len_field(7, encode_blob(b.data, b.diff if write_diff else None))
-            for b in layer.blobs)
-        parts.append(_len_field(100, body))
-    atomic_write_bytes(path, parts)
+        if not meta.HasField("phase"):
+            meta.phase = net.phase
+        blobs = b"".join(_len_field(7, encode_blob(b.data, b.diff if write_diff else None))
+                         for b in layer.blobs)
+        parts.append(_len_field(100, meta.SerializeToString() + blobs))
+    return b"".join(parts)
+
+
+def write_caffemodel(net, path: str, write_diff: bool = False) -> None:
+    """Write ``net``'s weights as a binary caffemodel Caffe reads, atomically."""
+    atomic_write(path, caffemodel_bytes(net, write_diff))
 
 
 def atomic_write_bytes(path: str, parts) -> None:
-    """Write the byte strings in ``parts`` to ``path`` so that a crash leaves the old file or
-    the new one, never a torn one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise ProtonetError(f"{path}: cannot write ({e.strerror})") from None
+    """Write the byte strings in ``parts`` to ``path`` atomically."""
+    atomic_write(path, b"".join(parts))

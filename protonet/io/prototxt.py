@@ -10,7 +10,6 @@ dropped or guessed item.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 from google.protobuf import message as pb_message
@@ -163,7 +162,5 @@ def write_text(message) -> str:
 
 
 def write_text_file(message, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(write_text(message))
-    os.replace(tmp, path)
+    from .atomic import atomic_write
+    atomic_write(path, write_text(message).encode("utf-8"))

@@ -30,78 +30,18 @@ import contextlib
 import glob
 import json
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ProtonetError
 from ..io.blobs import blob_proto_to_array
+from ..io.atomic import TMP_MARK, WRITE_DELAY_ENV, atomic_write  # noqa: F401  (re-exported)
+from ..io.caffemodel import _len_field, encode_blob, write_caffemodel  # noqa: F401
 from ..proto import caffe_pb2
 
-TMP_MARK = ".protonet-tmp-"
 SIDECAR_SUFFIX = ".protonet.json"
 SIDECAR_FORMAT = 1
-#: seconds to pause half-way through every snapshot file write (for crash tests only)
-WRITE_DELAY_ENV = "PROTONET_SNAPSHOT_WRITE_DELAY"
-
-
-# -- atomic writing ------------------------------------------------------------------------------
-def _write_delay() -> float:
-    try:
-        return float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-    except ValueError:
-        return 0.0
-
-
-def _fsync_dir(directory: str) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, content) -> None:
-    """Write ``content`` (bytes, or a function that writes a given path) to ``path`` atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}{TMP_MARK}{os.getpid()}"
-    delay = _write_delay()
-    try:
-        if callable(content):
-            content(tmp)
-            if delay:
-                time.sleep(delay)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        else:
-            data = memoryview(content)
-            with open(tmp, "wb") as f:
-                if delay:
-                    half = len(data) // 2
-                    f.write(data[:half])
-                    f.flush()
-                    time.sleep(delay)
-                    f.write(data[half:])
-                else:
-                    f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise ProtonetError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
-    _fsync_dir(directory)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -129,55 +69,6 @@ def remove_stale_temps(prefix: str) -> list[str]:
                 os.unlink(tmp)
                 removed.append(tmp)
     return removed
-
-
-# -- protobuf wire format, written directly for large float arrays --------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(number: int, payload) -> bytes:
-    """A length-delimited field (wire type 2): key, length, payload."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + bytes(payload)
-
-
-def blob_proto_bytes(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
-    """A serialized BlobProto (shape + packed data [+ diff]), as Blob::ToProto writes it."""
-    from ..io.caffemodel import encode_blob
-    return encode_blob(data, diff)
-
-
-def layer_params_for_snapshot(net):
-    """(LayerParameter without blobs, phase filled in, layer) for every layer of ``net``."""
-    for lp, layer in zip(net.param.layer, net.layers):
-        copy = caffe_pb2.LayerParameter()
-        copy.CopyFrom(lp)
-        copy.ClearField("blobs")
-        if not copy.HasField("phase"):
-            copy.phase = net.phase
-        yield copy, layer
-
-
-def net_to_bytes(net, write_diff: bool = False) -> bytes:
-    """Serialized NetParameter of ``net`` and its weights (Caffe's Net::ToProto)."""
-    parts = [caffe_pb2.NetParameter(name=net.name).SerializeToString()]
-    for lp, layer in layer_params_for_snapshot(net):
-        blobs = b"".join(_len_field(7, blob_proto_bytes(b.data, b.diff if write_diff else None))
-                         for b in layer.blobs)
-        parts.append(_len_field(100, lp.SerializeToString() + blobs))
-    return b"".join(parts)
-
-
-def write_caffemodel(net, path: str, write_diff: bool = False) -> None:
-    atomic_write(path, net_to_bytes(net, write_diff))
 
 
 def _h5py():
@@ -290,7 +181,7 @@ class SolverStateData:
 def solverstate_bytes(iteration: int, learned_net: str, current_step: int, history) -> bytes:
     head = caffe_pb2.SolverState(iter=iteration, learned_net=learned_net,
                                  current_step=current_step).SerializeToString()
-    return head + b"".join(_len_field(3, blob_proto_bytes(h)) for h in history)
+    return head + b"".join(_len_field(3, encode_blob(h)) for h in history)
 
 
 def write_solverstate(path: str, iteration: int, learned_net: str, current_step: int,
