@@ -55,6 +55,19 @@ class Blob:
     def dtype(self) -> np.dtype:
         return self._dtype
 
+    # Caffe's legacy 4-D accessors (pycaffe scripts use blob.num, blob.channels, ...):
+    # LegacyShape(i) is dim i, or 1 past the last axis.
+    def _legacy(self, index: int) -> int:
+        if self.num_axes > 4:
+            raise ProtonetError(f"blob '{self.name}': num/channels/height/width need at most "
+                                f"4 axes, shape is {list(self._shape)}")
+        return int(self._shape[index]) if index < self.num_axes else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
     def canonical_axis(self, axis: int) -> int:
         """Map a possibly negative axis to ``0..num_axes-1`` (Caffe's CanonicalAxisIndex)."""
         n = self.num_axes

@@ -7,7 +7,11 @@ tops become outputs (alphabetical, as Caffe's ``std::set`` orders them).
 """
 from __future__ import annotations
 
+import os
+import warnings
 from collections import OrderedDict
+from itertools import zip_longest
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -18,9 +22,23 @@ from .layers import TEST, TRAIN, create_layer
 from .proto import caffe_pb2
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
+#: the name Caffe gives the anonymous top of a loss layer declared without one
+AUTOMATIC_TOP = "(automatic)"
+
+
+class _DefaultLevel(int):
+    """The default ``level`` (0), distinguishable from an explicit 0 so that the legacy
+    ``Net(prototxt, caffemodel)`` without a phase is caught instead of read as TRAIN."""
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+_LEVEL_DEFAULT = _DefaultLevel(0)
 
 
 def parse_phase(phase) -> int:
+    """``protonet.TRAIN``/``TEST`` (0/1) or the strings "TRAIN"/"TEST" -> 0/1."""
     if isinstance(phase, str):
         try:
             return PHASES[phase.upper()]
@@ -32,28 +50,75 @@ def parse_phase(phase) -> int:
 
 
 class Net:
-    """A network built from a prototxt (path, text-parsed or NetParameter message).
+    """A Caffe network: layers built from a net definition, run forward and backward.
 
-    ``Net(path, phase)`` mirrors pycaffe's ``caffe.Net(network_file, phase, level=0,
-    stages=None, weights=None)``. ``blobs`` maps blob names to :class:`Blob` in
-    creation order; ``params`` maps layer names to their learnable blobs.
+    The constructor follows pycaffe::
+
+        net = caffe.Net("deploy.prototxt", caffe.TEST)                  # random weights
+        net = caffe.Net("deploy.prototxt", caffe.TEST, weights="w.caffemodel")
+        net = caffe.Net("train_val.prototxt", caffe.TRAIN, level=1, stages=["x"])
+        net = caffe.Net("deploy.prototxt", "w.caffemodel", caffe.TEST)  # legacy (deprecated)
+
+    ``network`` is a path to a text (or binary) net definition, or a ``NetParameter``.
+    Keyword-only extras: ``lenient`` (read Netscope's dialect), ``seed`` (fillers and random
+    layers draw from it; default: :func:`protonet.set_random_seed`'s, else fresh entropy),
+    ``dtype`` (``np.float64`` for double precision), ``init_weights=False`` (shapes only),
+    ``shape_overrides`` ({top: shape} for data layers), ``allow_python_layers``.
+
+    What pycaffe scripts read:
+
+    ==========================  ===============================================================
+    ``blobs``                   OrderedDict blob name -> :class:`~protonet.blob.Blob`
+                                (``.data``, ``.diff``, ``.shape``, ``.count``, ``.reshape``)
+    ``params``                  OrderedDict layer name -> [weights, bias, ...] (layers with blobs)
+    ``layers``, ``layer_dict``  layer objects (``.type``, ``.blobs``), by index / by name
+    ``_layer_names``            layer names in execution order (auto ``Split`` layers included)
+    ``inputs``, ``outputs``     input blob names; unconsumed tops, alphabetically (as Caffe)
+    ``top_names``               OrderedDict layer name -> its top blob names
+    ``bottom_names``            OrderedDict layer name -> its bottom blob names
+    ``blob_loss_weights``       OrderedDict blob name -> loss weight
+    ==========================  ===============================================================
+
+    and what they call: :meth:`forward`, :meth:`backward`, :meth:`forward_all`,
+    :meth:`forward_backward_all`, :meth:`reshape`, :meth:`copy_from`, :meth:`share_with`,
+    :meth:`save`, :meth:`save_hdf5`, :meth:`load_hdf5`, :meth:`clear_param_diffs`,
+    :meth:`set_input_arrays`.
     """
 
-    def __init__(self, network, phase=TEST, level: int = 0, stages=None, weights=None, *,
+    def __init__(self, network, phase=TEST, level: int = _LEVEL_DEFAULT,
+                 stages: Iterable[str] | None = None, weights: str | None = None, *,
                  lenient: bool = False, seed: int | None = None, dtype=np.float32,
                  init_weights: bool = True, shape_overrides: dict | None = None,
                  allow_python_layers: bool = False):
         from .io import read_net
+        if _is_weights_path(phase):
+            # pycaffe's legacy Net(prototxt, caffemodel, phase)
+            if level is _LEVEL_DEFAULT:
+                raise ProtonetError(
+                    f"Net({str(network)!r}, {str(phase)!r}): the legacy form takes the phase "
+                    f"third: Net(prototxt, caffemodel, caffe.TEST) -- or better "
+                    f"Net(prototxt, caffe.TEST, weights={str(phase)!r})")
+            if weights is not None:
+                raise ProtonetError("give the weights once: Net(prototxt, phase, weights=...)")
+            weights, phase, level = os.fspath(phase), level, 0
+            spelled = "caffe.TRAIN" if parse_phase(phase) == TRAIN else "caffe.TEST"
+            warnings.warn(
+                "deprecated use of the Python interface: Net(prototxt, caffemodel, phase); use "
+                f"Net({str(network)!r}, {spelled}, weights={weights!r}) instead",
+                DeprecationWarning, stacklevel=2)
         if isinstance(network, caffe_pb2.NetParameter):
             param, self.source = network, "<NetParameter>"
         else:
-            param, self.source = read_net(str(network), lenient=lenient), str(network)
+            param, self.source = read_net(os.fspath(network), lenient=lenient), str(network)
+        if seed is None:
+            from .pycaffe import next_net_seed
+            seed = next_net_seed()
         self.phase = parse_phase(phase)
         self.dtype = np.dtype(dtype)
         state = caffe_pb2.NetState()
         state.CopyFrom(param.state)
         state.phase = self.phase
-        state.level = level
+        state.level = int(level)
         state.stage.extend(stages or [])
         self.state = state
         self.name = param.name
@@ -70,8 +135,10 @@ class Net:
         self.layers = []
         self.layer_names: list[str] = []
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
-        self.bottom_names: "OrderedDict[str, list[str]]" = OrderedDict()
-        self.top_names: "OrderedDict[str, list[str]]" = OrderedDict()
+        #: per layer index: its bottom / top blob names (right even where two layers share
+        #: a name, which Caffe allows; ``bottom_names``/``top_names`` keep the last, as pycaffe)
+        self.layer_bottoms: list[list[str]] = []
+        self.layer_tops: list[list[str]] = []
         self.bottom_vecs, self.top_vecs = [], []
         self.bottom_need_backward: list[list[bool]] = []
         self.layer_need_backward: list[bool] = []
@@ -84,8 +151,6 @@ class Net:
         available: set[str] = set()
 
         for lp in self.param.layer:
-            if lp.name in self.top_names:
-                raise ProtonetError(f"layer name '{lp.name}' is used by more than one layer")
             phase = lp.phase if lp.HasField("phase") else self.phase
             rng = np.random.default_rng(self._seeds.spawn(1)[0])
             layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng,
@@ -107,7 +172,18 @@ class Net:
                 need_bottom.append(need)
                 need_backward |= need
             tops = []
-            for j, name in enumerate(lp.top):
+            top_names = list(lp.top)
+            if layer.is_loss:
+                # Caffe's AutoTopBlobs: a loss layer given too few tops gets anonymous ones,
+                # which count in the loss but cannot be read by other layers
+                needed = max(layer.min_num_top or 0, layer.exact_num_top or 0)
+                top_names += [AUTOMATIC_TOP] * max(0, needed - len(top_names))
+            for j, name in enumerate(top_names):
+                if j >= len(lp.top):
+                    blob = Blob((), self.dtype, name=name)
+                    self.blobs[name] = blob   # the last one, as pycaffe's blobs dict shows
+                    tops.append(blob)
+                    continue
                 if j < len(lp.bottom) and lp.bottom[j] == name:
                     tops.append(self.blobs[name])  # in place
                 elif name in self.blobs:
@@ -123,7 +199,7 @@ class Net:
                 raise layer.shape_error(str(e), bottoms) from None
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
-            for j, name in enumerate(lp.top):
+            for j, name in enumerate(top_names):
                 self.blob_loss_weights[name] = layer.loss_weights[j]
             self._append_params(layer, lp, init_weights)
             propagate = []
@@ -136,13 +212,17 @@ class Net:
                 blob_need_backward[name] = need_backward
             self.layers.append(layer)
             self.layer_names.append(lp.name)
-            self.bottom_names[lp.name] = list(lp.bottom)
-            self.top_names[lp.name] = list(lp.top)
+            self.layer_bottoms.append(list(lp.bottom))
+            self.layer_tops.append(top_names)
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
             self.bottom_need_backward.append(need_bottom)
             self.layer_need_backward.append(need_backward)
 
+        self.bottom_names: "OrderedDict[str, list[str]]" = OrderedDict(
+            zip(self.layer_names, self.layer_bottoms))
+        self.top_names: "OrderedDict[str, list[str]]" = OrderedDict(
+            zip(self.layer_names, self.layer_tops))
         self._prune_backward()
         self.outputs = sorted(available)
         for name, blob in self.blobs.items():
@@ -198,7 +278,7 @@ class Net:
         under_loss: set[str] = set()
         skip: set[str] = set()
         for i in reversed(range(len(self.layers))):
-            layer, tops = self.layers[i], self.top_names[self.layer_names[i]]
+            layer, tops = self.layers[i], self.layer_tops[i]
             contributes = any(w != 0 or t in under_loss
                               for t, w in zip(tops, layer.loss_weights))
             skip_down = all(t in skip for t in tops) if tops else True
@@ -207,7 +287,7 @@ class Net:
                 self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
             if not contributes:
                 self.layer_need_backward[i] = False
-            for j, name in enumerate(self.bottom_names[self.layer_names[i]]):
+            for j, name in enumerate(self.layer_bottoms[i]):
                 if contributes:
                     under_loss.add(name)
                 else:
@@ -248,15 +328,25 @@ class Net:
                 layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
 
     def forward_backward(self) -> float:
+        """One forward and one backward pass over the whole net; returns the loss."""
         loss = self.forward_from_to()
         self.backward_from_to()
         return loss
 
-    def forward(self, blobs=None, start=None, end=None, **inputs):
-        """pycaffe's forward: set ``inputs`` by blob name, run, return {output: array}."""
+    def forward(self, blobs: Iterable[str] | None = None, start: str | None = None,
+                end: str | None = None, **inputs) -> dict[str, np.ndarray]:
+        """Run the net forward (pycaffe's ``net.forward``); return ``{blob name: data}``.
+
+        ``inputs``: arrays to copy into blobs by name first (``net.forward(data=x)``); an
+        array of another shape reshapes the blob, and the layers above follow. ``start``/
+        ``end``: layer names to run from/to (inclusive). Returned: the net's outputs -- or
+        the tops of ``end`` when given -- plus the blobs named in ``blobs``. The arrays
+        are the blobs' own memory (copy them to keep them past the next pass).
+        """
         for name, value in inputs.items():
             if name not in self.blobs:
-                raise ProtonetError(f"forward: '{name}' is not a blob of this net")
+                raise ProtonetError(f"forward: '{name}' is not a blob of this net "
+                                    f"(inputs: {', '.join(self.inputs) or 'none'})")
             value = np.asarray(value, dtype=self.dtype)
             if value.shape != self.blobs[name].shape:
                 self.blobs[name].reshape(value.shape)
@@ -264,34 +354,151 @@ class Net:
         first = self._layer_index(start) if start is not None else 0
         last = self._layer_index(end) if end is not None else len(self.layers) - 1
         self.forward_from_to(first, last)
-        names = set(self.outputs if end is None else self.top_names[self.layer_names[last]])
-        names.update(blobs or [])
-        return {n: self.blobs[n].data for n in sorted(names)}
+        names = list(self.outputs if end is None else self.layer_tops[last])
+        names += [b for b in (blobs or []) if b not in names]
+        self._check_blob_names(names, "forward")
+        return {n: self.blobs[n].data for n in names}
 
-    def backward(self, diffs=None, start=None, end=None, **top_diffs):
-        """pycaffe's backward: set ``top_diffs`` by blob name, run, return {input: diff}."""
+    def backward(self, diffs: Iterable[str] | None = None, start: str | None = None,
+                 end: str | None = None, **top_diffs) -> dict[str, np.ndarray]:
+        """Run the net backward (pycaffe's ``net.backward``); return ``{blob name: diff}``.
+
+        ``top_diffs``: gradients to copy into blobs' diffs by name first (loss tops are
+        seeded with their loss weight). ``start``/``end``: layer names to run from/down to
+        (inclusive). Returned: the diffs of the net's inputs -- or of ``end``'s bottoms when
+        given -- plus the blobs named in ``diffs``.
+        """
         for name, value in top_diffs.items():
+            if name not in self.blobs:
+                raise ProtonetError(f"backward: '{name}' is not a blob of this net "
+                                    f"(outputs: {', '.join(self.outputs) or 'none'})")
+            value = np.asarray(value, dtype=self.dtype)
+            if value.shape != self.blobs[name].shape:
+                raise ProtonetError(f"backward: diff for '{name}' has shape {list(value.shape)}, "
+                                    f"the blob {list(self.blobs[name].shape)}")
             self.blobs[name].diff[...] = value
         first = self._layer_index(start) if start is not None else len(self.layers) - 1
         last = self._layer_index(end) if end is not None else 0
         self.backward_from_to(first, last)
-        names = set(self.inputs if end is None else self.bottom_names[self.layer_names[last]])
-        names.update(diffs or [])
-        return {n: self.blobs[n].diff for n in sorted(names)}
+        names = list(self.inputs if end is None else self.layer_bottoms[last])
+        names += [d for d in (diffs or []) if d not in names]
+        self._check_blob_names(names, "backward")
+        return {n: self.blobs[n].diff for n in names}
+
+    def forward_all(self, blobs: Iterable[str] | None = None,
+                    **inputs) -> dict[str, np.ndarray]:
+        """Forward any number of samples in batches of the net's batch size (pycaffe's
+        ``forward_all``): ``inputs`` are arrays of N samples each; the last batch is padded
+        with zeros. Returns ``{blob: array of N results}`` (copies) for the outputs and
+        ``blobs``; a blob without a batch axis (a scalar loss) gives one value per batch.
+        """
+        names = list(dict.fromkeys(list(self.outputs) + list(blobs or [])))
+        if not inputs:
+            outs = self.forward(blobs=blobs)
+            return {n: np.array(outs[n]) for n in names}
+        total = self._num_samples(inputs)
+        collected: dict[str, list] = {n: [] for n in names}
+        for batch in self._batch(inputs):
+            outs = self.forward(blobs=blobs, **batch)
+            for n in names:
+                collected[n].append(np.array(outs[n]))
+        return {n: _join_batches(v, total) for n, v in collected.items()}
+
+    def forward_backward_all(self, blobs: Iterable[str] | None = None,
+                             diffs: Iterable[str] | None = None, **kwargs
+                             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Forward and backward in batches (pycaffe's ``forward_backward_all``).
+
+        ``kwargs`` holds input arrays (by input name) and top diffs (by output name), N
+        samples each. Returns ``(outputs, diffs)``: ``{blob: data}`` for the outputs and
+        ``blobs``, ``{blob: diff}`` for the inputs and ``diffs``, N rows each.
+        """
+        out_names = list(dict.fromkeys(list(self.outputs) + list(blobs or [])))
+        diff_names = list(dict.fromkeys(list(self.inputs) + list(diffs or [])))
+        unknown = [k for k in kwargs if k not in self.inputs and k not in self.outputs]
+        if unknown:
+            raise ProtonetError(f"forward_backward_all: {', '.join(unknown)} is neither an "
+                                f"input ({', '.join(self.inputs) or 'none'}) nor an output "
+                                f"({', '.join(self.outputs)})")
+        if not kwargs:  # nothing given: one pass on what the blobs hold
+            outs = {n: np.array(a) for n, a in self.forward(blobs=blobs).items()}
+            grads = self.backward(diffs=diffs)
+            return ({n: outs[n] for n in out_names}, {n: np.array(grads[n]) for n in diff_names})
+        total = self._num_samples(kwargs)
+        fwd = {k: v for k, v in kwargs.items() if k in self.inputs}
+        bwd = {k: v for k, v in kwargs.items() if k in self.outputs}
+        all_outs: dict[str, list] = {n: [] for n in out_names}
+        all_diffs: dict[str, list] = {n: [] for n in diff_names}
+        batches = zip_longest(self._batch(fwd) if fwd else iter(()),
+                              self._batch(bwd) if bwd else iter(()), fillvalue={})
+        for fb, bb in batches:
+            outs = self.forward(blobs=blobs, **fb)
+            for n in out_names:
+                all_outs[n].append(np.array(outs[n]))
+            grads = self.backward(diffs=diffs, **bb)
+            for n in diff_names:
+                all_diffs[n].append(np.array(grads[n]))
+        return ({n: _join_batches(v, total) for n, v in all_outs.items()},
+                {n: _join_batches(v, total) for n, v in all_diffs.items()})
+
+    def _num_samples(self, arrays: Mapping[str, np.ndarray]) -> int:
+        counts = {k: len(v) for k, v in arrays.items()}
+        if len(set(counts.values())) > 1:
+            raise ProtonetError("the arrays hold different numbers of samples: " +
+                                ", ".join(f"{k} {n}" for k, n in counts.items()))
+        return next(iter(counts.values()))
+
+    def _batch(self, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Split ``{blob: N samples}`` into batches of the net's batch size (the first named
+        blob's first axis), zero-padding the last one (pycaffe's ``Net._batch``)."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._check_blob_names(arrays, "batching")
+        num = self._num_samples(arrays)
+        first = next(iter(arrays))
+        if not self.blobs[first].shape:
+            raise ProtonetError(f"blob '{first}' has no batch axis to split along")
+        size = self.blobs[first].shape[0]
+        if size < 1:
+            raise ProtonetError(f"blob '{first}' has batch size 0")
+        for i in range(0, num - num % size, size):
+            yield {k: v[i:i + size] for k, v in arrays.items()}
+        rest = num % size
+        if rest:
+            yield {k: np.concatenate([v[num - rest:],
+                                      np.zeros((size - rest,) + v.shape[1:], v.dtype)])
+                   for k, v in arrays.items()}
 
     def reshape(self) -> None:
+        """Propagate shapes through every layer (after ``net.blobs[name].reshape(...)``)."""
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self) -> None:
+        """Zero the diffs of every learnable blob (the solver does this every iteration)."""
         for blob in self.learnable_params:
             blob.diff[...] = 0
+
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Give the net's first layer, a ``MemoryData`` layer, arrays to serve
+        (``data`` N x C x H x W, ``labels`` N values)."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise ProtonetError("set_input_arrays needs a net whose first layer is MemoryData")
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = labels[:, None, None, None]
+        self.layers[0].set_input_arrays(data, labels)
 
     def _layer_index(self, name: str) -> int:
         try:
             return self.layer_names.index(name)
         except ValueError:
             raise ProtonetError(f"no layer named '{name}' in net '{self.name}'") from None
+
+    def _check_blob_names(self, names, what: str) -> None:
+        missing = [n for n in names if n not in self.blobs]
+        if missing:
+            raise ProtonetError(f"{what}: no blob named {', '.join(map(repr, missing))} in net "
+                                f"'{self.name}'")
 
     # -- views --------------------------------------------------------------------------------
     @property
@@ -301,16 +508,98 @@ class Net:
 
     @property
     def layer_dict(self) -> "OrderedDict":
+        """Layer name -> layer object."""
         return OrderedDict(zip(self.layer_names, self.layers))
 
     @property
     def _layer_names(self) -> list[str]:
         return list(self.layer_names)
 
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
+
+    @property
+    def _blobs(self) -> list[Blob]:
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def _inputs(self) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        names = list(self.blobs)
+        return [names.index(n) for n in self.outputs]
+
+    # -- weights ------------------------------------------------------------------------------
     def copy_from(self, weights: str) -> None:
+        """Copy trained weights by layer name from a ``.caffemodel`` (binary, any version) or,
+        for a name ending in ``.h5``, a ``.caffemodel.h5`` (Caffe's CopyTrainedLayersFrom)."""
+        weights = os.fspath(weights)
+        if weights.endswith(".h5"):
+            self.load_hdf5(weights)
+            return
         from .io.weights import copy_trained_layers
         copy_trained_layers(self, weights)
+
+    def share_with(self, other: "Net") -> None:
+        """Share ``other``'s learnable blobs (their data, not their diffs) by layer name, as
+        Caffe's ShareTrainedLayersWith: layers ``other`` has and this net lacks are ignored."""
+        mine = self.layer_dict
+        for name, source in zip(other.layer_names, other.layers):
+            target = mine.get(name)
+            if target is None or not source.blobs:
+                continue
+            if len(target.blobs) != len(source.blobs):
+                raise ProtonetError(f"share_with: layer '{name}' has {len(source.blobs)} blobs "
+                                    f"in the source net but {len(target.blobs)} here")
+            for j, (dst, src) in enumerate(zip(target.blobs, source.blobs)):
+                if dst.shape != src.shape:
+                    raise ProtonetError(
+                        f"share_with: cannot share param {j} of layer '{name}': shape "
+                        f"{list(src.shape)} in the source net, {list(dst.shape)} here")
+                dst.share_data(src)
+
+    def save(self, filename: str) -> None:
+        """Write the layers and their learnable blobs as a binary ``.caffemodel`` that Caffe
+        (and :meth:`copy_from`) reads (Caffe's ``Net::ToProto`` + WriteProtoToBinaryFile)."""
+        from .io.caffemodel import write_caffemodel
+        write_caffemodel(self, os.fspath(filename))
+
+    def save_hdf5(self, filename: str) -> None:
+        """Write the learnable blobs in Caffe's HDF5 layout: ``/data/<layer>/<i>`` (float32;
+        a shared blob only under its owner), as ``Net::ToHDF5``. Needs h5py."""
+        from .solvers.snapshot import write_caffemodel_h5
+        write_caffemodel_h5(self, os.fspath(filename))
+
+    def load_hdf5(self, filename: str) -> None:
+        """Copy weights by layer name from Caffe's HDF5 layout (``Net::CopyTrainedLayersFromHDF5``).
+        Needs h5py."""
+        from .solvers.snapshot import copy_trained_layers_h5
+        copy_trained_layers_h5(self, os.fspath(filename))
 
     def __repr__(self) -> str:
         return (f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} "
                 f"layers={len(self.layers)} blobs={len(self.blobs)}>")
+
+
+def _is_weights_path(phase) -> bool:
+    """Whether Net's second argument is a caffemodel path (the legacy signature)."""
+    if isinstance(phase, os.PathLike):
+        return True
+    return isinstance(phase, str) and phase.upper() not in PHASES
+
+
+def _join_batches(parts: list, total: int) -> np.ndarray:
+    """Concatenate per-batch results along the batch axis and drop the padding rows."""
+    if not parts:
+        return np.zeros((0,), np.float32)
+    if parts[0].ndim == 0:
+        return np.stack(parts)
+    return np.concatenate(parts)[:total]

@@ -59,3 +59,10 @@ def test_blob_reshape_takes_pycaffe_dims():
     assert b.shape == (1, 3, 4, 5) and b.data.shape == (1, 3, 4, 5)
     b.reshape((6,))
     assert b.count == 6 and b.diff.dtype == np.float32
+
+
+def test_blob_legacy_accessors_follow_caffes_legacy_shape():
+    b = Blob((64, 10))
+    assert (b.num, b.channels, b.height, b.width) == (64, 10, 1, 1)
+    b.reshape(2, 3, 4, 5)
+    assert (b.num, b.channels, b.height, b.width) == (2, 3, 4, 5)

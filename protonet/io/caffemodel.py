@@ -239,8 +239,3 @@ def caffemodel_bytes(net, write_diff: bool = False) -> bytes:
 def write_caffemodel(net, path: str, write_diff: bool = False) -> None:
     """Write ``net``'s weights as a binary caffemodel Caffe reads, atomically."""
     atomic_write(path, caffemodel_bytes(net, write_diff))
-
-
-def atomic_write_bytes(path: str, parts) -> None:
-    """Write the byte strings in ``parts`` to ``path`` atomically."""
-    atomic_write(path, b"".join(parts))

@@ -8,3 +8,11 @@ from . import (common, data, loss, neuron, normalization, python_layer,  # noqa:
                recurrent, vision)
 
 __all__ = ["LAYER_REGISTRY", "TEST", "TRAIN", "Layer", "create_layer", "layer_type_list", "register"]
+
+
+def __getattr__(name):
+    # pycaffe's caffe.layers: ``from protonet import layers as L; L.Convolution(bottom, ...)``
+    if name[:1].isupper():
+        from ..net_spec import layers as _spec_layers
+        return getattr(_spec_layers, name)
+    raise AttributeError(f"module 'protonet.layers' has no attribute {name!r}")

@@ -281,20 +281,7 @@ class Solver:
 
     def _share_trained_layers(self, test_net) -> None:
         """Net::ShareTrainedLayersWith: the test net uses the train net's weights by layer name."""
-        train_layers = self.net.layer_dict
-        for name, layer in test_net.layer_dict.items():
-            source = train_layers.get(name)
-            if source is None or not layer.blobs:
-                continue
-            if len(source.blobs) != len(layer.blobs):
-                raise ProtonetError(f"layer '{name}' has {len(source.blobs)} blobs in the train "
-                                    f"net but {len(layer.blobs)} in test net '{test_net.name}'")
-            for j, (src, dst) in enumerate(zip(source.blobs, layer.blobs)):
-                if src.shape != dst.shape:
-                    raise ProtonetError(
-                        f"cannot share param {j} of layer '{name}' with the test net: shape "
-                        f"{list(src.shape)} in the train net, {list(dst.shape)} in the test net")
-                dst.share_data(src)
+        test_net.share_with(self.net)
 
     # -- the loop -----------------------------------------------------------------------------
     def _requested_action(self) -> str:
@@ -546,7 +533,7 @@ class Solver:
         loss = 0.0
         for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
             loss += net.forward_from_to(i, i)
-            for top_name, blob in zip(net.top_names[name], net.top_vecs[i]):
+            for top_name, blob in zip(net.layer_tops[i], net.top_vecs[i]):
                 log.info("    [Forward] Layer %s, top blob %s data: %s", name, top_name,
                          g(self._abs_mean(blob.data)))
             for j, blob in enumerate(layer.blobs):
@@ -561,7 +548,7 @@ class Solver:
             if not net.layer_need_backward[i]:
                 continue
             name, layer = net.layer_names[i], net.layers[i]
-            for bottom_name, blob, need in zip(net.bottom_names[name], net.bottom_vecs[i],
+            for bottom_name, blob, need in zip(net.layer_bottoms[i], net.bottom_vecs[i],
                                                net.bottom_need_backward[i]):
                 if need:
                     log.info("    [Backward] Layer %s, bottom blob %s diff: %s", name,
@@ -588,7 +575,7 @@ class Solver:
         net = self.net
         culprit = None
         for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
-            for top_name, blob in zip(net.top_names[name], net.top_vecs[i]):
+            for top_name, blob in zip(net.layer_tops[i], net.top_vecs[i]):
                 if blob.count and not np.isfinite(blob.data).all():
                     culprit = (name, layer, top_name)
                     break

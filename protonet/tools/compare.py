@@ -56,10 +56,10 @@ def opencv_reference(prototxt: str, weights: str, net, inputs: dict) -> dict[str
         raise ProtonetError(f"OpenCV could not load {prototxt}: {str(e).strip()[:200]}") from None
     known = set(cvnet.getLayerNames())
     producer = {}
-    for name, layer in zip(net.layer_names, net.layers):
+    for name, layer, tops in zip(net.layer_names, net.layers, net.layer_tops):
         if layer.type == "Split":
             continue
-        for top in net.top_names[name]:
+        for top in tops:
             producer[top] = name
     for name, value in inputs.items():
         cvnet.setInput(np.ascontiguousarray(value, np.float32), name)
@@ -101,8 +101,8 @@ def compare(net, reference: dict, inputs: dict, atol: float, rtol: float) -> lis
 
 def _first_non_input(net, inputs) -> int:
     """Skip leading layers whose tops are all given as inputs (Input/data layers)."""
-    for i, name in enumerate(net.layer_names):
-        if not all(t in inputs for t in net.top_names[name]):
+    for i, tops in enumerate(net.layer_tops):
+        if not all(t in inputs for t in tops):
             return i
     return len(net.layers)
 

@@ -15,10 +15,9 @@ def summarize(net) -> dict:
     layers = []
     seen_params: set[int] = set()
     total_params = total_macc = total_act = 0
-    for layer, name, bottoms, tops in zip(net.layers, net.layer_names, net.bottom_vecs,
-                                          net.top_vecs):
-        top_names = net.top_names[name]
-        bottom_names = net.bottom_names[name]
+    for layer, name, bottoms, tops, bottom_names, top_names in zip(
+            net.layers, net.layer_names, net.bottom_vecs, net.top_vecs, net.layer_bottoms,
+            net.layer_tops):
         act = sum(t.count * t.dtype.itemsize
                   for j, t in enumerate(tops)
                   if not (j < len(bottom_names) and bottom_names[j] == top_names[j]))
