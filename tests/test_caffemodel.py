@@ -148,3 +148,31 @@ def test_hdf5_weights(tmp_path):
     target = small_net(5)
     target.copy_from(path)
     np.testing.assert_array_equal(target.params["ip"][0].data, net.params["ip"][0].data)
+
+
+def test_binaryproto_and_blobprotovector_files(tmp_path):
+    from protonet.io.blobs import (read_blob_proto, read_blob_proto_vector, write_blob_proto,
+                                   write_blob_proto_vector)
+    mean = np.random.default_rng(0).random((1, 3, 5, 4)).astype(np.float32)
+    path = str(tmp_path / "mean.binaryproto")
+    write_blob_proto(path, mean)
+    proto = caffe_pb2.BlobProto.FromString(open(path, "rb").read())
+    assert (proto.num, proto.channels, proto.height, proto.width) == (1, 3, 5, 4)  # as Caffe
+    np.testing.assert_array_equal(read_blob_proto(path), mean)
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float64)]
+    vec = str(tmp_path / "v.binaryproto")
+    write_blob_proto_vector(vec, arrays)
+    back = read_blob_proto_vector(vec)
+    assert [a.shape for a in back] == [(2, 3), (4,)] and back[1].dtype == np.float64
+    np.testing.assert_array_equal(back[0], arrays[0])
+    with pytest.raises(ProtonetError, match="not a valid binary BlobProtoVector"):
+        open(vec, "wb").write(b"\xff\xff\xff")
+        read_blob_proto_vector(vec)
+
+
+def test_legacy_fields_win_over_shape_as_in_caffe():
+    from protonet.io.blobs import blob_proto_to_array
+    proto = caffe_pb2.BlobProto(num=1, channels=2, height=1, width=3)
+    proto.shape.dim.extend([6])
+    proto.data.extend(range(6))
+    assert blob_proto_to_array(proto).shape == (1, 2, 1, 3)

@@ -8,11 +8,12 @@ from ..proto import caffe_pb2
 
 
 def blob_proto_shape(proto) -> tuple[int, ...]:
-    """A BlobProto's shape: ``shape.dim``, or the legacy 4-D num/channels/height/width."""
-    if proto.HasField("shape"):
-        return tuple(int(d) for d in proto.shape.dim)
+    """A BlobProto's shape as Caffe's Blob::FromProto reads it: the legacy 4-D
+    num/channels/height/width when any of them is set, else ``shape.dim``."""
     if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
         return (proto.num, proto.channels, proto.height, proto.width)
+    if proto.HasField("shape"):
+        return tuple(int(d) for d in proto.shape.dim)
     return (len(proto.double_data) or len(proto.data),)
 
 
@@ -49,3 +50,46 @@ def array_to_blob_proto(array, diff=None, legacy_4d: bool = False):
         if diff is not None:
             proto.diff.extend(np.asarray(diff, np.float32).ravel().tolist())
     return proto
+
+
+# -- files: .binaryproto (mean files) and BlobProtoVector ---------------------------------------
+def _read_message(path: str, message):
+    from google.protobuf import message as pb_message
+    try:
+        with open(path, "rb") as f:
+            message.ParseFromString(f.read())
+    except FileNotFoundError:
+        raise ProtonetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ProtonetError(f"{path}: is a directory") from None
+    except (pb_message.DecodeError, RuntimeError) as e:
+        raise ProtonetError(f"{path}: not a valid binary {message.DESCRIPTOR.name} ({e})") \
+            from None
+    return message
+
+
+def read_blob_proto(path: str) -> np.ndarray:
+    """The array in a ``.binaryproto`` file (e.g. a mean file from compute_image_mean)."""
+    return blob_proto_to_array(_read_message(path, caffe_pb2.BlobProto()))
+
+
+def write_blob_proto(path: str, array, legacy_4d: bool | None = None) -> None:
+    """Write ``array`` as a ``.binaryproto``; 4-D arrays use the legacy num/channels/height/
+    width fields by default, as Caffe's compute_image_mean writes mean files."""
+    from .atomic import atomic_write
+    array = np.asarray(array)
+    legacy = array.ndim == 4 if legacy_4d is None else legacy_4d
+    atomic_write(path, array_to_blob_proto(array, legacy_4d=legacy).SerializeToString())
+
+
+def read_blob_proto_vector(path: str) -> list[np.ndarray]:
+    """The arrays of a binary ``BlobProtoVector`` file."""
+    vector = _read_message(path, caffe_pb2.BlobProtoVector())
+    return [blob_proto_to_array(b) for b in vector.blobs]
+
+
+def write_blob_proto_vector(path: str, arrays) -> None:
+    from .atomic import atomic_write
+    vector = caffe_pb2.BlobProtoVector()
+    vector.blobs.extend(array_to_blob_proto(np.asarray(a)) for a in arrays)
+    atomic_write(path, vector.SerializeToString())

@@ -28,17 +28,8 @@ __all__ = ["Transformer", "load_image", "resize_image", "oversample", "blobproto
 def blobproto_to_array(blob, return_diff: bool = False) -> np.ndarray:
     """A ``BlobProto``'s data (or diff, with ``return_diff``) as a float64 array of its shape:
     the legacy num/channels/height/width when any of them is set, else ``shape.dim``."""
-    values = blob.diff if return_diff else blob.data
-    if not len(values):
-        values = blob.double_diff if return_diff else blob.double_data
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
-        shape = tuple(blob.shape.dim)
-    array = np.array(values, dtype=np.float64)
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        raise ProtonetError(f"blob of shape {list(shape)} holds {array.size} values")
-    return array.reshape(shape)
+    from .blobs import blob_proto_to_array
+    return blob_proto_to_array(blob, diff=return_diff).astype(np.float64)
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None):
