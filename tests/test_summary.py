@@ -150,3 +150,13 @@ def test_bad_input_shape_argument(capsys):
         main(["summary", "x.prototxt", "--input-shape", "data=a,b"])
     assert exit_.value.code == 2
     assert "TOP=N,C,H,W" in capsys.readouterr().err
+
+
+def test_resnet50_summary_covers_batchnorm_scale_eltwise(corpus, capsys):
+    s = summary_json(capsys, corpus / "KaimingHe/deep-residual-networks/prototxt/ResNet-50-deploy.prototxt")
+    types = {l["type"] for l in s["layers"]}
+    assert {"BatchNorm", "Scale", "Eltwise", "Convolution", "Pooling", "InnerProduct"} <= types
+    assert shapes(s)["prob"] == [1, 1000]
+    assert 3.8e9 < s["totals"]["macc"] < 4.2e9  # the well-known ~3.9 GMAC of ResNet-50 at 224
+    bn = next(l for l in s["layers"] if l["type"] == "BatchNorm")
+    assert bn["param_shapes"] == [[64], [64], [1]] and bn["macc"] > 0

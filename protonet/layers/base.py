@@ -62,6 +62,11 @@ def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None,
     return cls(param, phase=phase, dtype=dtype, rng=rng)
 
 
+def elementwise_macc(layer, bottom, top) -> int:
+    """MACC of element-wise arithmetic: one operation per element of the first bottom."""
+    return int(bottom[0].count) if bottom else 0
+
+
 class Layer:
     """Base class of every layer. See the module docstring for the contract."""
 

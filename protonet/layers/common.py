@@ -11,7 +11,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..proto import caffe_pb2
-from .base import TRAIN, Layer, register
+from .base import TRAIN, Layer, register, elementwise_macc
 
 
 def canonical_axis(layer: Layer, bottom: list[Blob], axis: int, what: str = "axis") -> int:
@@ -157,6 +157,7 @@ class FlattenLayer(Layer):
 class DropoutLayer(Layer):
     """TRAIN: ``y = x * mask / (1 - ratio)``, mask ~ Bernoulli(1 - ratio) from ``self.rng``;
     TEST: ``y = x``. Any shape; in-place safe (the scaled mask is kept for backward)."""
+    macc = elementwise_macc
 
     exact_num_bottom = 1
     exact_num_top = 1
@@ -316,6 +317,7 @@ class EltwiseLayer(Layer):
 @register("Softmax")
 class SoftmaxLayer(Layer):
     """Softmax along ``axis`` (max-subtracted); top has the bottom's shape. In-place safe."""
+    macc = elementwise_macc
 
     exact_num_bottom = 1
     exact_num_top = 1
@@ -718,6 +720,7 @@ class ArgMaxLayer(Layer):
     (value, index) pairs: larger values first, and among equal values the
     larger index first. No backward.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 1
     exact_num_top = 1
@@ -895,6 +898,7 @@ class BiasLayer(Layer):
     anything); the learned b spans ``num_axes`` axes (-1: all the rest) and is
     filled by ``filler`` (default 0). In-place safe.
     """
+    macc = elementwise_macc
 
     min_num_bottom = 1
     max_num_bottom = 2

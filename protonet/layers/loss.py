@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..blob import Blob
-from .base import Layer, register
+from .base import Layer, register, elementwise_macc
 from .common import canonical_axis, softmax
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clamps probabilities here: -log -> 87.3365
@@ -84,6 +84,7 @@ class SoftmaxWithLossLayer(Layer):
     optional top[1]: the softmax probabilities (shape of the scores).
     ``loss = -sum log(max(p[label], FLT_MIN)) / normalizer`` over non-ignored labels.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     min_num_top = 1
@@ -160,6 +161,7 @@ class AccuracyLayer(Layer):
     true class (ties count against it, as in Caffe). top[0]: accuracy (); optional
     top[1]: per-class accuracy (C,). Positions labelled ``ignore_label`` are skipped.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     min_num_top = 1
@@ -225,6 +227,7 @@ class EuclideanLossLayer(Layer):
     bottom: a (N, ...), b (N, ...) with as many values per item; top[0]: loss ().
     Backward reaches both inputs: ``+-(a - b) / N`` times the loss weight.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     exact_num_top = 1
@@ -263,6 +266,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
     ``loss_param.ignore_label`` are skipped. The normalization defaults to
     BATCH_SIZE (divide by N) for this layer, unlike SoftmaxWithLoss.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     exact_num_top = 1
@@ -335,6 +339,7 @@ class HingeLossLayer(Layer):
 
     bottom: scores (N, C...) (C = all values per item), labels (N); top[0]: loss ().
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     exact_num_top = 1
@@ -391,6 +396,7 @@ class MultinomialLogisticLossLayer(Layer):
 
     bottom: probabilities (N, C...) (C = all values per item), labels (N); top[0]: loss ().
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 2
     exact_num_top = 1
@@ -453,6 +459,7 @@ class InfogainLossLayer(Layer):
     ``normalize`` is refused, as Caffe refuses it for this layer.
     With H = identity this is SoftmaxWithLoss (up to the clamp).
     """
+    macc = elementwise_macc
 
     min_num_bottom = 2
     max_num_bottom = 3
@@ -552,6 +559,7 @@ class ContrastiveLossLayer(Layer):
     Gradients go to a and b; as Caffe, the non-legacy dissimilar gradient divides by
     ``d + 1e-4``.
     """
+    macc = elementwise_macc
 
     exact_num_bottom = 3
     exact_num_top = 1

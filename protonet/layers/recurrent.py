@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from .base import Layer, register
+from .base import Layer, register, elementwise_macc
 
 log = logging.getLogger("protonet")
 
@@ -84,6 +84,7 @@ def lstm_unit_backward(dc: np.ndarray, dh: np.ndarray, c_prev: np.ndarray, cache
 class LSTMUnitLayer(Layer):
     """One LSTM step. bottom: c_prev (1, N, H), gate inputs (1, N, 4H) ordered i, f, o, g,
     cont (1, N); top: c (1, N, H), h (1, N, H). No gradient to cont."""
+    macc = elementwise_macc
 
     exact_num_bottom = 3
     exact_num_top = 2
