@@ -53,7 +53,8 @@ def array_to_blob_proto(array, diff=None, legacy_4d: bool = False):
 
 
 # -- files: .binaryproto (mean files) and BlobProtoVector ---------------------------------------
-def _read_message(path: str, message):
+def read_binary_message(path: str, message):
+    """Parse the binary protobuf file at ``path`` into ``message``; errors name the file."""
     from google.protobuf import message as pb_message
     try:
         with open(path, "rb") as f:
@@ -70,7 +71,7 @@ def _read_message(path: str, message):
 
 def read_blob_proto(path: str) -> np.ndarray:
     """The array in a ``.binaryproto`` file (e.g. a mean file from compute_image_mean)."""
-    return blob_proto_to_array(_read_message(path, caffe_pb2.BlobProto()))
+    return blob_proto_to_array(read_binary_message(path, caffe_pb2.BlobProto()))
 
 
 def write_blob_proto(path: str, array, legacy_4d: bool | None = None) -> None:
@@ -84,7 +85,7 @@ def write_blob_proto(path: str, array, legacy_4d: bool | None = None) -> None:
 
 def read_blob_proto_vector(path: str) -> list[np.ndarray]:
     """The arrays of a binary ``BlobProtoVector`` file."""
-    vector = _read_message(path, caffe_pb2.BlobProtoVector())
+    vector = read_binary_message(path, caffe_pb2.BlobProtoVector())
     return [blob_proto_to_array(b) for b in vector.blobs]
 
 

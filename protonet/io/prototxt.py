@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import warnings
 
-from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from ..errors import ProtonetError
@@ -111,14 +110,8 @@ def read_net(path: str, lenient: bool = False):
 
 def read_net_binary(path: str):
     """Read a binary NetParameter (a .caffemodel) and upgrade it."""
-    net = caffe_pb2.NetParameter()
-    try:
-        with open(path, "rb") as f:
-            net.ParseFromString(f.read())
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except (pb_message.DecodeError, RuntimeError) as e:
-        raise ProtonetError(f"{path}: not a valid binary NetParameter ({e})") from None
+    from .blobs import read_binary_message
+    net = read_binary_message(path, caffe_pb2.NetParameter())
     return upgrade_net_checked(net, path)
 
 

@@ -220,17 +220,8 @@ def read_solverstate(path: str) -> SolverStateData:
     """Read a .solverstate (binary SolverState) or .solverstate.h5 (name ends in .h5)."""
     if path.endswith(".h5"):
         return _read_solverstate_h5(path)
-    from google.protobuf import message as pb_message
-    state = caffe_pb2.SolverState()
-    try:
-        with open(path, "rb") as f:
-            state.ParseFromString(f.read())
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ProtonetError(f"{path}: is a directory, not a .solverstate") from None
-    except (pb_message.DecodeError, RuntimeError) as e:
-        raise ProtonetError(f"{path}: not a valid binary SolverState ({e})") from None
+    from ..io.blobs import read_binary_message
+    state = read_binary_message(path, caffe_pb2.SolverState())
     return SolverStateData(state.iter, state.learned_net, state.current_step,
                            [blob_proto_to_array(h) for h in state.history])
 
