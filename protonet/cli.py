@@ -33,8 +33,7 @@ def _add_net_args(p, lenient_default: bool, runs_layers: bool = True):
     p.add_argument("--stage", action="append", default=[],
                    help="net state stage; repeat for several (or comma-separate)")
     if runs_layers:
-        p.add_argument("--allow-python-layers", action="store_true",
-                       help="let `type: \"Python\"` layers import and run their modules")
+        _add_run_args(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--lenient", dest="lenient", action="store_true", default=lenient_default,
                       help="accept Netscope's lenient dialect, warning on each dropped item"
@@ -44,6 +43,19 @@ def _add_net_args(p, lenient_default: bool, runs_layers: bool = True):
                                                                   else " (default)"))
 
 
+def _add_run_args(p):
+    p.add_argument("--allow-python-layers", action="store_true",
+                   help="let `type: \"Python\"` layers import and run their modules")
+    p.add_argument("--memory-limit", metavar="SIZE", default=None,
+                   help="refuse nets whose blobs need more (e.g. 8G; 0 = no limit; default: "
+                   "$PROTONET_MEMORY_LIMIT, else the memory available)")
+
+
+def _memory_limit(args):
+    from .net import parse_bytes
+    return None if args.memory_limit is None else parse_bytes(args.memory_limit)
+
+
 def _stages(args) -> list[str]:
     return [s for group in args.stage for s in group.split(",") if s]
 
@@ -51,9 +63,10 @@ def _stages(args) -> list[str]:
 def cmd_summary(args) -> int:
     from .net import Net
     from .tools.summary import format_table, summarize, to_json
+    # shapes only: nothing is allocated, so no memory limit; Python layers stay opaque
     net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
-              lenient=args.lenient, init_weights=False,
-              shape_overrides=dict(args.input_shape))
+              lenient=args.lenient, init_weights=False, memory_limit=0,
+              opaque_python_layers=True, shape_overrides=dict(args.input_shape))
     summary = summarize(net)
     print(to_json(summary) if args.json else format_table(summary))
     return 0
@@ -68,7 +81,7 @@ def cmd_time(args) -> int:
         raise ProtonetError("--iterations must be at least 1")
     net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
               lenient=args.lenient, seed=0, shape_overrides=dict(args.input_shape),
-              allow_python_layers=args.allow_python_layers)
+              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args))
     result = time_net(net, args.iterations, warmup=args.warmup)
     print(json.dumps(result, indent=1) if args.json else format_timing(result))
     return 0
@@ -82,7 +95,7 @@ def cmd_compare(args) -> int:
     from .net import Net
     from .tools.compare import compare, format_rows, load_reference, opencv_reference
     net = Net(args.net, args.phase, weights=args.weights, lenient=args.lenient,
-              allow_python_layers=args.allow_python_layers)
+              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args))
     inputs = {}
     for spec in args.input:
         name, _, path = spec.partition("=")
@@ -204,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random inputs for --backend opencv")
     p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"])
     p.add_argument("--lenient", action="store_true")
-    p.add_argument("--allow-python-layers", action="store_true",
-                   help="let `type: \"Python\"` layers import and run their modules")
+    _add_run_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 

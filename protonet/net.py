@@ -18,7 +18,7 @@ import numpy as np
 from .blob import Blob
 from .errors import ProtonetError
 from .graph import filter_net, insert_splits
-from .layers import TEST, TRAIN, create_layer
+from .layers import TEST, TRAIN, Layer, create_layer
 from .proto import caffe_pb2
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -89,7 +89,8 @@ class Net:
                  stages: Iterable[str] | None = None, weights: str | None = None, *,
                  lenient: bool = False, seed: int | None = None, dtype=np.float32,
                  init_weights: bool = True, shape_overrides: dict | None = None,
-                 allow_python_layers: bool = False):
+                 allow_python_layers: bool = False, opaque_python_layers: bool = False,
+                 memory_limit: int | None = None):
         from .io import read_net
         if _is_weights_path(phase):
             # pycaffe's legacy Net(prototxt, caffemodel, phase)
@@ -126,12 +127,20 @@ class Net:
         self.param = insert_splits(filter_net(param, state))
         self._seeds = np.random.SeedSequence(seed)
         self.allow_python_layers = allow_python_layers
-        self._build(shape_overrides or {}, init_weights)
+        self.opaque_python_layers = opaque_python_layers
+        self._build(shape_overrides or {})
+        try:
+            check_memory(self, memory_limit)
+        except ProtonetError:
+            self.close()
+            raise
+        if init_weights:
+            self._fill_params()
         if weights is not None:
             self.copy_from(weights)
 
     # -- building -----------------------------------------------------------------------------
-    def _build(self, shape_overrides, init_weights):
+    def _build(self, shape_overrides):
         self.layers = []
         self.layer_names: list[str] = []
         self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
@@ -153,10 +162,14 @@ class Net:
         for lp in self.param.layer:
             phase = lp.phase if lp.HasField("phase") else self.phase
             rng = np.random.default_rng(self._seeds.spawn(1)[0])
-            layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng,
-                                 allow_python=self.allow_python_layers)
-            layer.shape_overrides = {t: tuple(shape_overrides[t]) for t in lp.top
-                                     if t in shape_overrides and not len(lp.bottom)}
+            if lp.type == "Python" and self.opaque_python_layers and not self.allow_python_layers:
+                layer = OpaqueLayer(lp, phase=phase, dtype=self.dtype, rng=rng)
+            else:
+                layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng,
+                                     allow_python=self.allow_python_layers)
+            layer.shape_overrides = {
+                t: tuple(shape_overrides[t]) for t in lp.top
+                if t in shape_overrides and (not len(lp.bottom) or isinstance(layer, OpaqueLayer))}
             if len(lp.propagate_down) not in (0, len(lp.bottom)):
                 raise layer.error(f"propagate_down must be given 0 or {len(lp.bottom)} times "
                                   f"(once per bottom), got {len(lp.propagate_down)}")
@@ -201,7 +214,7 @@ class Net:
                 self.inputs.extend(lp.top)
             for j, name in enumerate(top_names):
                 self.blob_loss_weights[name] = layer.loss_weights[j]
-            self._append_params(layer, lp, init_weights)
+            self._append_params(layer, lp)
             propagate = []
             for k in range(len(layer.blobs)):
                 lr = lp.param[k].lr_mult if k < len(lp.param) else 1.0
@@ -228,12 +241,11 @@ class Net:
         for name, blob in self.blobs.items():
             blob.name = name
 
-    def _append_params(self, layer, lp, init_weights):
+    def _append_params(self, layer, lp):
         """Register the layer's learnable blobs; ``param { name: }`` shares an earlier one."""
         if len(lp.blobs):
             self._load_inline_blobs(layer, lp)
-        elif init_weights:
-            layer.fill_params()
+            layer.blob_fillers = [None] * len(layer.blobs)  # given: never filled
         for k, blob in enumerate(layer.blobs):
             spec = lp.param[k] if k < len(lp.param) else None
             name = spec.name if spec is not None else ""
@@ -260,6 +272,27 @@ class Net:
                     raise layer.error(f"shared param '{name}' has mismatched {field}")
             blob.share_data(owner)
             blob.share_diff(owner)
+
+    def _fill_params(self) -> None:
+        """Initialise learnable blobs from their fillers, once every shape is known (and the
+        memory they need checked). Each layer draws from its own generator, in blob order; a
+        blob shared from an earlier layer keeps the owner's values (its draws are discarded,
+        so every layer's random stream is the same as if it had filled its own)."""
+        from .fillers import fill
+        owners = {id(b) for b in self.learnable_params}
+        for layer in self.layers:
+            for blob, filler in zip(layer.blobs, layer.blob_fillers):
+                if filler is None:
+                    continue
+                target = blob.data if id(blob) in owners else np.empty(blob.shape, blob.dtype)
+                fill(target, filler, layer.rng)
+
+    def close(self) -> None:
+        """Stop the layers' background work (data prefetch threads) and release files."""
+        for layer in getattr(self, "layers", []):
+            closer = getattr(layer, "close", None)
+            if callable(closer):
+                closer()
 
     def _load_inline_blobs(self, layer, lp):
         from .io.blobs import blob_proto_to_array
@@ -603,3 +636,84 @@ def _join_batches(parts: list, total: int) -> np.ndarray:
     if parts[0].ndim == 0:
         return np.stack(parts)
     return np.concatenate(parts)[:total]
+
+
+class OpaqueLayer(Layer):
+    """A ``type: "Python"`` layer while a net is only inspected (``summary``, ``draw``): shown
+    with its declared tops, never imported. Its tops' shapes come from ``--input-shape``."""
+
+    type = "Python"
+    has_backward = False
+
+    def reshape(self, bottom, top):
+        for name, blob in zip(self.param.top, top):
+            shape = self.shape_overrides.get(name)
+            if shape is None:
+                raise self.error(
+                    f"is a Python layer (module '{self.param.python_param.module}'), which "
+                    f"protonet does not import to inspect a net; give the shape of its top "
+                    f"'{name}' with --input-shape {name}=N,C,H,W")
+            blob.reshape(shape)
+
+    def forward(self, bottom, top):
+        raise self.error("is an opaque Python layer: build the net with "
+                         "allow_python_layers=True to run it")
+
+
+def parse_bytes(text) -> int:
+    """'8G', '512M', '1.5GiB', '100000' -> bytes."""
+    import re
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ProtonetError(f"'{text}' is not a memory size (e.g. 8G, 512M)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(net) -> tuple[int, list[tuple[str, int]]]:
+    """Bytes the net's blob and parameter values need (diffs not counted: a forward pass
+    never touches them), and the largest blobs, biggest first."""
+    sizes: dict[int, tuple[str, int]] = {}
+    for name, blob in net.blobs.items():
+        sizes[id(blob)] = (name, blob.count * blob.dtype.itemsize)
+    for lname, layer in zip(net.layer_names, net.layers):
+        for k, blob in enumerate(layer.blobs):
+            sizes.setdefault(id(blob), (f"{lname} param {k}", blob.count * blob.dtype.itemsize))
+    ranked = sorted(sizes.values(), key=lambda item: -item[1])
+    return sum(size for _, size in ranked), ranked
+
+
+def check_memory(net, limit=None) -> None:
+    """Refuse a net whose blobs and parameters would not fit in ``limit`` bytes.
+
+    ``limit`` None: $PROTONET_MEMORY_LIMIT if set, else the machine's available memory;
+    0 turns the check off. Called after shapes are known and before anything is filled."""
+    if limit is None:
+        env = os.environ.get("PROTONET_MEMORY_LIMIT")
+        limit = parse_bytes(env) if env else available_memory()
+    if not limit:
+        return
+    need, ranked = memory_needed(net)
+    if need <= limit:
+        return
+    gib = 1 << 30
+    largest = ", ".join(f"{name} {size / gib:.2f} GiB" for name, size in ranked[:3])
+    raise ProtonetError(
+        f"net '{net.name}' needs {need / gib:.2f} GiB for its blobs and parameters, more than "
+        f"the {limit / gib:.2f} GiB limit (largest: {largest}); reduce the batch size or input "
+        f"size, or raise the limit with --memory-limit / PROTONET_MEMORY_LIMIT (0 = no limit)")

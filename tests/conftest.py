@@ -28,3 +28,13 @@ def write(tmp_path):
         p.write_text(text)
         return str(p)
     return _write
+
+
+#: generated fuzz cases run in this session (tests/test_fuzz.py counts them)
+FUZZ_CASES = {"count": 0}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES["count"]:
+        terminalreporter.write_line(f"fuzz: {FUZZ_CASES['count']} generated cases ran "
+                                    "(PROTONET_FUZZ_CASES sets the number per property)")

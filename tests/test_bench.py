@@ -1,11 +1,40 @@
 """The benchmark runner works (tiny size; speed itself is measured by `python -m bench`)."""
 import pytest
 
+from bench.nets import NETS
+
 
 @pytest.mark.slow
-def test_bench_runs_on_a_tiny_size(capsys):
+def test_bench_runs_every_net_on_a_tiny_size(capsys):
     pytest.importorskip("torch")
     from bench.__main__ import main
     rows = main(["--iterations", "1", "--rounds", "1", "--threads", "1", "--batch", "2"])
-    assert rows[0]["net"] == "lenet" and rows[0]["protonet_ms"] > 0 and rows[0]["ratio"] > 0
-    assert "lenet" in capsys.readouterr().out
+    assert [r["net"] for r in rows] == list(NETS) == ["lenet", "cifar10_quick", "caffenet"]
+    for r in rows:
+        assert r["protonet_ms"] > 0 and r["torch_ms"] > 0 and r["ratio"] > 0
+        assert r["protonet_spread_ms"] == 0 == r["torch_spread_ms"]  # one round: no spread
+        assert r["gflops"] > 0 and r["gemm_peak_gflops"] > 0
+    assert rows[2]["forward_only"] and not rows[0]["forward_only"]
+    out = capsys.readouterr().out
+    assert all(name in out for name in NETS)
+
+
+def test_flop_counts():
+    from bench.nets import flops
+    lenet_macc = 5 * 5 * 20 * 24 * 24 + 5 * 5 * 20 * 50 * 8 * 8 + 800 * 500 + 500 * 10
+    assert 6 * lenet_macc <= flops("lenet", 1) < 6.1 * lenet_macc  # fwd+bwd ~ 3x fwd
+    assert flops("lenet", 4) == 4 * flops("lenet", 1)
+    assert 1.4e9 < flops("caffenet", 1) < 1.5e9  # forward only: ~724M MACC
+
+
+@pytest.mark.slow
+def test_solve_memory_reports_max_rss():
+    from bench.solve_memory import measure
+    r = measure(2, test_iter=1)
+    assert r["iterations"] == 2 and 10 < r["max_rss_mib"] < 2000 and r["wall_s"] > 0
+
+
+def test_no_malloc_tuning_flag_reaches_the_protonet_process():
+    from bench.__main__ import run
+    r = run("run_protonet", ["lenet", 1, 1], 1, {"PROTONET_NO_MALLOC_TUNING": "1"})
+    assert r["malloc_tuned"] is False and len(r["times"]) == 1

@@ -16,7 +16,7 @@ from protonet.io import parse_net, parse_solver  # noqa: E402
 from protonet.io.caffemodel import read_caffemodel  # noqa: E402
 from protonet.io.lenient import tokenize  # noqa: E402
 
-from conftest import REPO, corpus_dir  # noqa: E402
+from conftest import FUZZ_CASES, REPO, corpus_dir  # noqa: E402
 
 CASES = int(os.environ.get("PROTONET_FUZZ_CASES", "150"))
 FUZZ = settings(max_examples=CASES, deadline=None, derandomize=True,
@@ -81,6 +81,7 @@ def _only_protonet_errors(fn, *args, **kw):
 @FUZZ
 @given(mutated(), st.booleans())
 def test_mutated_prototxt_parses_or_fails_cleanly(text, lenient):
+    FUZZ_CASES["count"] += 1
     net = _only_protonet_errors(parse_net, text, "fuzz.prototxt", lenient=lenient)
     _only_protonet_errors(parse_solver, text, "fuzz.prototxt", lenient=lenient)
     if net is not None and len(net.layer) < 40:
@@ -91,6 +92,7 @@ def test_mutated_prototxt_parses_or_fails_cleanly(text, lenient):
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_random_bytes_into_the_caffemodel_reader(tmp_path_factory, data):
+    FUZZ_CASES["count"] += 1
     path = tmp_path_factory.mktemp("fuzz") / "x.caffemodel"
     path.write_bytes(data)
     _only_protonet_errors(read_caffemodel, str(path))
@@ -99,6 +101,7 @@ def test_random_bytes_into_the_caffemodel_reader(tmp_path_factory, data):
 @FUZZ
 @given(st.data())
 def test_damaged_real_caffemodel(tmp_path_factory, data):
+    FUZZ_CASES["count"] += 1
     from protonet.io.caffemodel import write_caffemodel
     net = protonet.Net(parse_net("""input: "d" input_shape { dim: 1 dim: 2 dim: 4 dim: 4 }
         layer { name: "c" type: "Convolution" bottom: "d" top: "c"

@@ -756,7 +756,8 @@ def net_shapes(param, phase: int, level: int = 0, stages=(), input_shapes=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return Net(p, phase, level=level, stages=list(stages), init_weights=False,
-                       seed=0, shape_overrides=dict(input_shapes or {}))
+                       seed=0, shape_overrides=dict(input_shapes or {}), memory_limit=0,
+                       opaque_python_layers=True)
 
     def prefix(k):
         out = caffe_pb2.NetParameter()
