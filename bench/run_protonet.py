@@ -1,19 +1,27 @@
-"""Times protonet on one benchmark net; prints one JSON line. Never imports torch."""
+"""Times protonet on one benchmark net; prints one JSON line. Never imports torch.
+
+glibc malloc tuning (protonet._malloc.tune_malloc) is applied first unless the environment
+sets PROTONET_NO_MALLOC_TUNING=1 (``python -m bench --no-malloc-tuning``).
+"""
 import json
+import resource
 import sys
 import time
-
-import numpy as np
 
 
 def main(name: str, batch: int, iterations: int) -> None:
     sys.path.insert(0, ".")
+    from protonet._malloc import tune_malloc
+    tuned = tune_malloc()
+    import numpy as np
+
     import protonet
     from protonet.io import parse_net
 
     from bench.nets import NETS
     template, _, forward_only = NETS[name]
-    net = protonet.Net(parse_net(template % {"batch": batch}), protonet.TRAIN, seed=0)
+    net = protonet.Net(parse_net(template % {"batch": batch}),
+                       protonet.TEST if forward_only else protonet.TRAIN, seed=0)
     # peak: one large float32 GEMM, to report achieved GFLOP/s against
     a = np.ones((1024, 1024), np.float32)
     a @ a
@@ -21,7 +29,9 @@ def main(name: str, batch: int, iterations: int) -> None:
     for _ in range(10):
         a @ a
     gemm_gflops = 10 * 2 * 1024 ** 3 / (time.perf_counter() - t) / 1e9
+    del a
     times = []
+    faults = 0
     for i in range(iterations + 3):
         t = time.perf_counter()
         net.forward_from_to()
@@ -30,9 +40,13 @@ def main(name: str, batch: int, iterations: int) -> None:
             net.backward_from_to()
             for blob in net.learnable_params:  # the update a solver makes: w -= lr * diff
                 blob.data -= 0.01 * blob.diff
+        if i == 2:  # page faults of the timed steps (fresh memory touched each step)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if i >= 3:
             times.append(time.perf_counter() - t)
-    print(json.dumps({"times": times, "gemm_gflops": gemm_gflops}))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(iterations, 1)
+    print(json.dumps({"times": times, "gemm_gflops": gemm_gflops, "malloc_tuned": tuned,
+                      "page_faults_per_step": faults}))
 
 
 if __name__ == "__main__":
