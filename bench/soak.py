@@ -1,6 +1,6 @@
 """Soak: train LeNet (DummyData inputs) for many iterations; resident memory and rate over time.
 
-    python -m bench.soak [--iterations 20000] [--every 1000]
+    python -m bench.soak [--iterations 20000] [--every 1000] [--net models/lenet/lenet_train_test.prototxt]
 
 Prints one line per window: iteration, resident memory (MiB, from /proc/self/statm) and
 iterations per second in that window; then the growth of resident memory after warm-up (the
@@ -22,6 +22,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.soak")
     p.add_argument("--iterations", type=int, default=20000)
     p.add_argument("--every", type=int, default=1000)
+    p.add_argument("--net", help="train this net definition (e.g. models/lenet/lenet_train_test"
+                   ".prototxt, reading its LMDBs) instead of LeNet on DummyData")
     args = p.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import protonet
@@ -33,7 +35,10 @@ def main(argv=None) -> dict:
         base_lr=0.01, momentum=0.9, weight_decay=0.0005, lr_policy="inv", gamma=0.0001,
         power=0.75, max_iter=args.iterations, display=0, snapshot=0,
         snapshot_after_train=False, solver_mode=caffe_pb2.SolverParameter.CPU, random_seed=1)
-    solver_param.net_param.CopyFrom(parse_net(LENET % {"batch": 64}))
+    if args.net:
+        solver_param.net = args.net
+    else:
+        solver_param.net_param.CopyFrom(parse_net(LENET % {"batch": 64}))
     solver = protonet.get_solver(solver_param)
     rows = []
     last = time.perf_counter()
