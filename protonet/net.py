@@ -574,12 +574,8 @@ class Net:
     def copy_from(self, weights: str) -> None:
         """Copy trained weights by layer name from a ``.caffemodel`` (binary, any version) or,
         for a name ending in ``.h5``, a ``.caffemodel.h5`` (Caffe's CopyTrainedLayersFrom)."""
-        weights = os.fspath(weights)
-        if weights.endswith(".h5"):
-            self.load_hdf5(weights)
-            return
         from .io.weights import copy_trained_layers
-        copy_trained_layers(self, weights)
+        copy_trained_layers(self, os.fspath(weights))
 
     def share_with(self, other: "Net") -> None:
         """Share ``other``'s learnable blobs (their data, not their diffs) by layer name, as
@@ -614,8 +610,8 @@ class Net:
     def load_hdf5(self, filename: str) -> None:
         """Copy weights by layer name from Caffe's HDF5 layout (``Net::CopyTrainedLayersFromHDF5``).
         Needs h5py."""
-        from .solvers.snapshot import copy_trained_layers_h5
-        copy_trained_layers_h5(self, os.fspath(filename))
+        from .io.weights import copy_trained_layers_hdf5
+        copy_trained_layers_hdf5(self, os.fspath(filename))
 
     def __repr__(self) -> str:
         return (f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 
@@ -10,45 +9,20 @@ from ..errors import ProtonetError
 from .prototxt import ProtonetWarning
 
 
-def read_weights(path: str) -> "OrderedDict[str, list[np.ndarray]]":
-    """Layer name -> blob arrays, from a binary ``.caffemodel`` or a ``.caffemodel.h5``."""
-    if path.endswith((".h5", ".hdf5")):
-        return read_weights_hdf5(path)
-    from .caffemodel import read_caffemodel
-    return read_caffemodel(path)[1]
-
-
-def read_weights_hdf5(path: str) -> "OrderedDict[str, list[np.ndarray]]":
-    """Caffe's HDF5 weights layout: group ``data/<layer>`` holding datasets ``0``, ``1``, ..."""
-    try:
-        import h5py
-    except ImportError:
-        raise ProtonetError("reading HDF5 weights needs h5py: pip install 'protonet[data]'") \
-            from None
-    try:
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise ProtonetError(f"{path}: no 'data' group; not a Caffe HDF5 caffemodel")
-            out = OrderedDict()
-            for name, group in f["data"].items():
-                keys = sorted(group.keys(), key=int)
-                if keys:  # Caffe writes an empty group for layers whose blobs are shared
-                    out[name] = [np.asarray(group[k]) for k in keys]
-            return out
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
-
-
 def copy_trained_layers(net, path: str) -> None:
-    """Copy every layer's blobs from the weights at ``path`` into ``net`` by layer name.
+    """Copy every layer's blobs from the weights at ``path`` into ``net`` by layer name:
+    a binary ``.caffemodel`` (any version), or Caffe's HDF5 layout for names ending in
+    ``.h5``/``.hdf5`` (Caffe's CopyTrainedLayersFrom).
 
     Source layers the net lacks are ignored (with a note); a blob count or shape
     mismatch names the layer and both shapes and suggests renaming the layer.
     Legacy 4-D num/channels/height/width blobs fit any target of the same size.
     """
-    weights = read_weights(path)
+    if path.endswith((".h5", ".hdf5")):
+        copy_trained_layers_hdf5(net, path)
+        return
+    from .caffemodel import read_caffemodel
+    weights = read_caffemodel(path)[1]
     layers = net.layer_dict
     for name, arrays in weights.items():
         target = layers.get(name)
@@ -63,11 +37,7 @@ def copy_trained_layers(net, path: str) -> None:
                 "than copying it, rename the layer")
         for k, (blob, array) in enumerate(zip(target.blobs, arrays)):
             if array.shape != blob.shape and not _legacy_equal(array.shape, blob.shape):
-                raise ProtonetError(
-                    f"{path}: cannot copy param {k} of layer '{name}': shape "
-                    f"{list(array.shape)} in the weights file, {list(blob.shape)} in the net; "
-                    "to learn this layer's parameters from scratch rather than copying them, "
-                    "rename the layer")
+                raise _shape_mismatch(path, name, k, array.shape, blob.shape)
             blob.data[...] = array.reshape(blob.shape)
 
 
@@ -76,3 +46,47 @@ def _legacy_equal(stored, target) -> bool:
     most 4 axes whose shape, padded in front with 1s, is the same."""
     return len(stored) == 4 and len(target) <= 4 and \
         tuple(stored) == (1,) * (4 - len(target)) + tuple(target)
+
+
+def copy_trained_layers_hdf5(net, path: str) -> None:
+    """Net::CopyTrainedLayersFromHDF5: copy ``data/<layer>/<i>`` by layer name."""
+    from .hdf5 import open_hdf5
+    f = open_hdf5(path, "HDF5 weights")
+    layers = net.layer_dict
+    shared = _shared_non_owner_blobs(net)
+    with f:
+        if "data" not in f:
+            raise ProtonetError(f"{path}: no 'data' group; not a Caffe HDF5 weights file")
+        for name, group in f["data"].items():
+            target = layers.get(name)
+            if target is None:
+                if len(group):
+                    warnings.warn(f"{path}: ignoring source layer '{name}' (not in the net)",
+                                  ProtonetWarning, stacklevel=2)
+                continue
+            if len(group) > len(target.blobs):
+                raise ProtonetError(
+                    f"{path}: layer '{name}' has {len(group)} blobs in the weights file but "
+                    f"{len(target.blobs)} in the net; rename the layer to skip copying it")
+            for j, blob in enumerate(target.blobs):
+                if str(j) not in group:
+                    if id(blob) in shared:
+                        continue
+                    raise ProtonetError(f"{path}: layer '{name}' lacks blob {j} in the "
+                                        "weights file; rename the layer to skip copying it")
+                array = np.asarray(group[str(j)])
+                if array.shape != blob.shape:
+                    raise _shape_mismatch(path, name, j, array.shape, blob.shape)
+                blob.data[...] = array
+
+
+def _shared_non_owner_blobs(net) -> set[int]:
+    owners = {id(b) for b in net.learnable_params}
+    return {id(b) for layer in net.layers for b in layer.blobs if id(b) not in owners}
+
+
+def _shape_mismatch(path, layer, k, stored, target) -> ProtonetError:
+    return ProtonetError(
+        f"{path}: cannot copy param {k} of layer '{layer}': shape {list(stored)} in the "
+        f"weights file, {list(target)} in the net; to learn this layer's parameters from "
+        "scratch rather than copying them, rename the layer")

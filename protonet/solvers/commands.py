@@ -144,7 +144,7 @@ def cmd_test(args) -> int:
 
     from ..net import Net
     from .progress import reporting
-    from .snapshot import load_weights
+    from ..io.weights import copy_trained_layers
     from .solver import g
     if not args.model:
         raise ProtonetError("need a model definition to score: --model NET.prototxt")
@@ -157,7 +157,7 @@ def cmd_test(args) -> int:
         log.info("Use CPU.")
         net = Net(args.model, "TEST", level=args.level, stages=_stages(args))
         for weights in [w for w in args.weights.split(",") if w]:
-            load_weights(net, weights)
+            copy_trained_layers(net, weights)
         log.info("Running for %d iterations.", args.iterations)
         reporter.begin(0, args.iterations, label="Batch")
         scores, names = None, []

@@ -112,63 +112,6 @@ def write_caffemodel_h5(net, path: str, write_diff: bool = False) -> None:
     atomic_write(path, write)
 
 
-def copy_trained_layers_h5(net, path: str) -> None:
-    """Net::CopyTrainedLayersFromHDF5: copy ``data/<layer>/<i>`` by layer name."""
-    import warnings
-    from ..io.prototxt import ProtonetWarning
-    h5py = _h5py()
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
-    layers = net.layer_dict
-    shared = _shared_non_owner_blobs(net)
-    with f:
-        if "data" not in f:
-            raise ProtonetError(f"{path}: no 'data' group; not a Caffe HDF5 weights file")
-        for name, group in f["data"].items():
-            target = layers.get(name)
-            if target is None:
-                if len(group):
-                    warnings.warn(f"{path}: ignoring source layer '{name}' (not in the net)",
-                                  ProtonetWarning, stacklevel=2)
-                continue
-            if len(group) > len(target.blobs):
-                raise ProtonetError(
-                    f"{path}: layer '{name}' has {len(group)} blobs in the weights file but "
-                    f"{len(target.blobs)} in the net; rename the layer to skip copying it")
-            for j, blob in enumerate(target.blobs):
-                if str(j) not in group:
-                    if id(blob) in shared:
-                        continue
-                    raise ProtonetError(f"{path}: layer '{name}' lacks blob {j} in the "
-                                        "weights file; rename the layer to skip copying it")
-                array = np.asarray(group[str(j)])
-                if array.shape != blob.shape:
-                    raise ProtonetError(
-                        f"{path}: cannot copy param {j} of layer '{name}': shape "
-                        f"{list(array.shape)} in the weights file, {list(blob.shape)} in the "
-                        "net; to learn this layer's parameters from scratch rather than "
-                        "copying them, rename the layer")
-                blob.data[...] = array
-
-
-def _shared_non_owner_blobs(net) -> set[int]:
-    owners = {id(b) for b in net.learnable_params}
-    return {id(b) for layer in net.layers for b in layer.blobs if id(b) not in owners}
-
-
-def load_weights(net, path: str) -> None:
-    """Copy weights by layer name from a .caffemodel or (name ending .h5) a .caffemodel.h5."""
-    if path.endswith(".h5"):
-        copy_trained_layers_h5(net, path)
-    else:
-        from ..io.weights import copy_trained_layers
-        copy_trained_layers(net, path)
-
-
 # -- solver state ----------------------------------------------------------------------------------
 @dataclass
 class SolverStateData:
@@ -227,14 +170,8 @@ def read_solverstate(path: str) -> SolverStateData:
 
 
 def _read_solverstate_h5(path: str) -> SolverStateData:
-    h5py = _h5py()
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+    from ..io.hdf5 import open_hdf5
+    with open_hdf5(path, "HDF5 solver states") as f:
         try:
             iteration = int(f["iter"][()])
             current_step = int(f["current_step"][()])

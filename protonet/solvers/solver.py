@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from ..errors import ProtonetError
+from ..io.weights import copy_trained_layers
 from ..proto import caffe_pb2
 from . import lr_policy, snapshot as snap
 from .progress import BRIEF, LOGGER
@@ -267,17 +268,17 @@ class Solver:
 
     def _load_into(self, net, weights: str) -> None:
         for name in self._weight_files(weights):
-            snap.load_weights(net, name)
+            copy_trained_layers(net, name)
 
     def load_weights(self, weights: str, test_nets: bool = True) -> None:
         """Fine-tune: copy weights by layer name from comma-separated .caffemodel files into
         the train net (and the test nets), as ``caffe train --weights`` does."""
         for name in self._weight_files(weights):
             log.info("Finetuning from %s", name)
-            snap.load_weights(self.net, name)
+            copy_trained_layers(self.net, name)
             if test_nets:
                 for net in getattr(self, "test_nets", []):
-                    snap.load_weights(net, name)
+                    copy_trained_layers(net, name)
 
     def _share_trained_layers(self, test_net) -> None:
         """Net::ShareTrainedLayersWith: the test net uses the train net's weights by layer name."""
@@ -667,7 +668,7 @@ class Solver:
                     raise ProtonetError(f"{state_file}: its weights file '{model}' is missing "
                                         f"(also looked for '{beside}')")
                 model = beside
-            snap.load_weights(self.net, model)
+            copy_trained_layers(self.net, model)
         if len(state.history) != len(self.history):
             raise ProtonetError(
                 f"{state_file}: holds {len(state.history)} history blobs, but this "

@@ -19,17 +19,12 @@ from ..errors import ProtonetError
 def load_reference(path: str) -> dict[str, np.ndarray]:
     """Blob name -> array from ``.npz`` (no pickles) or ``.h5``/``.hdf5``."""
     if path.endswith((".h5", ".hdf5")):
-        try:
-            import h5py
-        except ImportError:
-            raise ProtonetError("reading an HDF5 reference needs h5py") from None
+        from ..io.hdf5 import h5py_module, open_hdf5
+        h5py = h5py_module("HDF5 references")
         out = {}
-        try:
-            with h5py.File(path, "r") as f:
-                f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
-                             if isinstance(obj, h5py.Dataset) else None)
-        except OSError as e:
-            raise ProtonetError(f"{path}: not a readable HDF5 file ({e})") from None
+        with open_hdf5(path, "HDF5 references") as f:
+            f.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
+                         if isinstance(obj, h5py.Dataset) else None)
         return out
     try:
         with np.load(path, allow_pickle=False) as z:
