@@ -6,6 +6,19 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of ``n`` (negative ints as 64-bit two's complement), written
+    out independently of protonet's encoder so tests can build records by hand."""
+    n = int(n) & ((1 << 64) - 1)
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def corpus_dir():
     """The shared prototxt corpus: $PROTONET_CORPUS, else ../shared/corpus beside the repo."""
     path = os.environ.get("PROTONET_CORPUS") or str(REPO.parent / "shared" / "corpus")

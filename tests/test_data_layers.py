@@ -15,21 +15,12 @@ import pytest
 from protonet import ProtonetError
 from protonet.net import Net
 
+from conftest import varint
+
 lmdb = pytest.importorskip("lmdb")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def varint(n: int) -> bytes:
-    n = int(n) & ((1 << 64) - 1)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def datum_bytes(pixels: np.ndarray, label: int) -> bytes:
     """A serialized Datum{channels, height, width, data, label}, built by hand."""
     c, h, w = pixels.shape

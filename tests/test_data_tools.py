@@ -13,20 +13,11 @@ from protonet.cli import main
 from protonet.data import idx
 from protonet.proto import caffe_pb2
 
+from conftest import varint
+
 lmdb = pytest.importorskip("lmdb")
 
 FASHION = "/usr/share/datasets/fashion-mnist"
-
-
-def varint(n: int) -> bytes:
-    n = int(n) & ((1 << 64) - 1)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def mnist_datum(pixels: np.ndarray, label: int) -> bytes:

@@ -21,6 +21,7 @@ import os
 from collections import OrderedDict
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from ..errors import ProtonetError
 from ..proto import caffe_pb2
@@ -182,9 +183,7 @@ def read_caffemodel(path: str):
                 name = layer.layer.name if layer.HasField("layer") else layer.name
             if blobs:
                 weights[name] = blobs
-    except (_WireError, Exception) as e:  # protobuf DecodeError and friends
-        if isinstance(e, ProtonetError):
-            raise
+    except (_WireError, DecodeError) as e:
         raise ProtonetError(f"{path}: not a valid caffemodel ({e})") from None
     upgrade_net(net, path)
     return net, weights
