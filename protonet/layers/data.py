@@ -233,6 +233,18 @@ def _warn_legacy_transform(layer, sub) -> None:
 class _PrefetchingLayer(_Source):
     """Shared machinery of Data and ImageData: a loader run by a Prefetcher."""
 
+    def _setup_batches(self, p, field: str):
+        """Shared setup of Data and ImageData: batch size, legacy-field warning, the
+        transformer; returns the --input-shape override of the data top (or None)."""
+        from ..transform import DataTransformer
+        if p.batch_size <= 0:
+            raise self.error(f"{field}.batch_size must be positive")
+        _warn_legacy_transform(self, p)
+        self.batch_size = int(p.batch_size)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.rng,
+                                           self.name)
+        return self.override(0)
+
     _prefetcher = None
     _loader = None
 
@@ -346,15 +358,8 @@ class DataLayer(_PrefetchingLayer):
     max_num_top = 2
 
     def layer_setup(self, bottom, top):
-        from ..transform import DataTransformer
         p = self.param.data_param
-        if p.batch_size <= 0:
-            raise self.error("data_param.batch_size must be positive")
-        _warn_legacy_transform(self, p)
-        self.batch_size = int(p.batch_size)
-        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.rng,
-                                           self.name)
-        override = self.override(0)
+        override = self._setup_batches(p, "data_param")
         if override is not None:
             self.data_shape = tuple(override)
         else:
@@ -492,18 +497,11 @@ class ImageDataLayer(_PrefetchingLayer):
 
     def layer_setup(self, bottom, top):
         from ..data.images import read_image_list
-        from ..transform import DataTransformer
         p = self.param.image_data_param
         what = f"layer '{self.name}' (ImageData)"
-        if p.batch_size <= 0:
-            raise self.error("image_data_param.batch_size must be positive")
         if (p.new_height > 0) != (p.new_width > 0):
             raise self.error("set new_height and new_width together (or neither)")
-        _warn_legacy_transform(self, p)
-        self.batch_size = int(p.batch_size)
-        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.rng,
-                                           self.name)
-        override = self.override(0)
+        override = self._setup_batches(p, "image_data_param")
         if override is not None:
             self.data_shape = tuple(override)
         else:
