@@ -6,15 +6,7 @@ import os
 import numpy as np
 
 from ..errors import ProtonetError
-
-
-def h5py_module():
-    try:
-        import h5py
-    except ImportError:
-        raise ProtonetError("HDF5 files need the 'h5py' package: pip install 'protonet[data]' "
-                            "(or pip install h5py)") from None
-    return h5py
+from ..io.hdf5 import h5py_module
 
 
 def read_file_list(source: str, what: str) -> list[str]:

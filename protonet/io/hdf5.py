@@ -4,12 +4,13 @@ from __future__ import annotations
 from ..errors import ProtonetError
 
 
-def h5py_module(purpose: str = "HDF5 files"):
+def h5py_module(purpose: str = "HDF5 files", alternative: str = ""):
     """The h5py module, or a ProtonetError saying what needs it and how to install it."""
     try:
         import h5py
     except ImportError:
-        raise ProtonetError(f"{purpose} need h5py: pip install h5py") from None
+        raise ProtonetError(f"{purpose} need the 'h5py' package: pip install 'protonet[data]' "
+                            f"(or pip install h5py){alternative}") from None
     return h5py
 
 

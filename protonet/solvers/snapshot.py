@@ -72,12 +72,8 @@ def remove_stale_temps(prefix: str) -> list[str]:
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise ProtonetError("HDF5 snapshots need h5py: pip install h5py "
-                            "(or use snapshot_format: BINARYPROTO)") from None
-    return h5py
+    from ..io.hdf5 import h5py_module
+    return h5py_module("HDF5 snapshots", "; or use snapshot_format: BINARYPROTO")
 
 
 def check_hdf5_snapshot(net) -> None:
