@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from . import parallel
 from .blob import Blob
 from .errors import ProtonetError
 from .graph import filter_net, insert_splits
@@ -340,25 +341,27 @@ class Net:
         """Run layers ``start..end`` (inclusive); returns the weighted loss they produce."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
-        for i in range(start, end + 1):
-            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            for blob, weight in zip(top, layer.loss_weights):
-                if weight:
-                    loss += weight * float(np.sum(blob.data, dtype=np.float64))
+        with parallel.blas_held():
+            for i in range(start, end + 1):
+                layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+                layer.reshape(bottom, top)
+                layer.forward(bottom, top)
+                for blob, weight in zip(top, layer.loss_weights):
+                    if weight:
+                        loss += weight * float(np.sum(blob.data, dtype=np.float64))
         return loss
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
         start = len(self.layers) - 1 if start is None else start
-        for i in range(start, end - 1, -1):
-            layer, top = self.layers[i], self.top_vecs[i]
-            for blob, weight in zip(top, layer.loss_weights):
-                if weight:
-                    blob.diff[...] = weight
-            if self.layer_need_backward[i]:
-                layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+        with parallel.blas_held():
+            for i in range(start, end - 1, -1):
+                layer, top = self.layers[i], self.top_vecs[i]
+                for blob, weight in zip(top, layer.loss_weights):
+                    if weight:
+                        blob.diff[...] = weight
+                if self.layer_need_backward[i]:
+                    layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""

@@ -180,9 +180,9 @@ def test_convolution_reuses_buffers_and_follows_reshapes():
     layer = conv_layer("num_output: 2 kernel_size: 3 pad: 1")
     bottom, top = setup_layer(layer, [np.ones((2, 1, 4, 4), np.float32)])
     layer.forward(bottom, top)
-    col = layer._buf["col"]
+    col = layer._buf["col0"]
     layer.forward(bottom, top)
-    assert layer._buf["col"] is col
+    assert layer._buf["col0"] is col
     bottom[0].reshape((3, 1, 6, 5))
     bottom[0].data[...] = 1
     layer.reshape(bottom, top)
@@ -457,3 +457,37 @@ def test_pooling_needs_four_axes():
     layer = pool_layer("kernel_size: 2")
     with pytest.raises(ProtonetError, match="layer 'pool'.*4 axes"):
         setup_layer(layer, [np.zeros((1, 5, 5), np.float32)])
+
+
+# many input channels: backward-data folds channels-last slabs instead of col2im
+WIDE_CASES = [
+    ("num_output: 8 kernel_size: 5 pad: 2", (2, 16, 7, 6)),
+    ("num_output: 6 kernel_size: 3 stride: 2 pad: 1", (3, 17, 9, 8)),
+    ("num_output: 4 kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 2", (2, 20, 10, 9)),
+    ("num_output: 5 kernel_size: 3 pad: 1 bias_term: false", (1, 16, 4, 4)),
+]
+
+
+@pytest.mark.parametrize("params, shape", WIDE_CASES)
+def test_convolution_channels_last_backward_matches_torch(params, shape, torch):
+    layer = conv_layer(params)
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    bottom, top = setup_layer(layer, [x])
+    assert layer._channels_last
+    layer.forward(bottom, top)
+    dy = np.random.default_rng(5).standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, torch.tensor(layer.blobs[0].data), stride=layer.stride,
+                                    padding=layer.pad)
+    yt.backward(torch.tensor(dy))
+    assert_close(bottom[0].diff, xt.grad.numpy())
+
+
+def test_convolution_channels_last_gradients():
+    layer = conv_layer("num_output: 3 kernel_size: 3 stride: 2 pad: 1", dtype=np.float64)
+    x = np.random.default_rng(6).standard_normal((2, 16, 5, 5))
+    setup_layer(layer, [x])
+    assert layer._channels_last
+    check_gradients(layer, [x], max_checks=60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import parallel
 from ..blob import Blob
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register, elementwise_macc
@@ -73,25 +74,46 @@ class InnerProductLayer(Layer):
         """A (K, N) view of a weight-shaped array."""
         return array if self.transpose else array.T
 
+    def _parts(self, n: int) -> list[slice]:
+        """Slices of ``n`` weight rows or columns that threads work on (each reads its own)."""
+        return parallel.split(n, self.M * self.K * self.num_output)
+
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        np.matmul(x, self._weights_kn(self.blobs[0].data), out=y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        w = self._weights_kn(self.blobs[0].data)
+        b = self.blobs[1].data if self.bias_term else None
+
+        def outputs(k, c):  # y[:, c] = x @ W[:, c] (+ b[c])
+            np.matmul(x, w[:, c], out=y[:, c])
+            if b is not None:
+                y[:, c] += b[c]
+        parallel.run(outputs, self._parts(self.num_output))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         # the net sets param_propagate_down (False for lr_mult 0); default: every param
         params_down = getattr(self, "param_propagate_down", None) or [True] * len(self.blobs)
-        if params_down[0]:
-            self.blobs[0].diff[...] += (x.T @ dy) if self.transpose else (dy.T @ x)
-        if self.bias_term and params_down[1]:
-            self.blobs[1].diff[...] += dy.sum(axis=0)
+        dw = self.blobs[0].diff
+        db = self.blobs[1].diff if self.bias_term and params_down[1] else None
+
+        def param_grads(k, c):  # dW for outputs c: x^T @ dy[:, c]; db[c] += sum of dy[:, c]
+            if params_down[0] and self.transpose:
+                dw[:, c] += x.T @ dy[:, c]
+            elif params_down[0]:
+                dw[c] += dy[:, c].T @ x
+            if db is not None:
+                db[c] += dy[:, c].sum(axis=0)
+        if params_down[0] or db is not None:
+            parallel.run(param_grads, self._parts(self.num_output))
         if propagate_down[0]:
-            np.matmul(dy, self._weights_kn(self.blobs[0].data).T,
-                      out=bottom[0].diff.reshape(self.M, self.K))
+            dx = bottom[0].diff.reshape(self.M, self.K)
+            w = self._weights_kn(self.blobs[0].data)
+
+            def input_grads(k, r):  # dx[:, r] = dy @ W[r, :]^T
+                np.matmul(dy, w[r].T, out=dx[:, r])
+            parallel.run(input_grads, self._parts(self.K))
 
     def macc(self, bottom, top):
         return self.M * self.K * self.num_output

@@ -12,6 +12,7 @@ import numpy as np
 from ..blob import Blob
 from ..errors import ProtonetError
 from ..im2col import col2im, conv_out_size, im2col, pool_out_size
+from .. import parallel
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
 from .common import canonical_axis
@@ -21,12 +22,17 @@ FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
-def _buffer(cache: dict, name: str, shape, dtype, fill=None) -> np.ndarray:
-    """A scratch array kept across passes; new (``fill``-ed) when shape or dtype change."""
+def _buffer(cache: dict, name: str, shape, dtype, fill=None, copy_of=None) -> np.ndarray:
+    """A scratch array kept across passes; new (``fill``-ed) when shape or dtype change.
+
+    With ``copy_of``, the buffer is overwritten with that array's values.
+    """
     buf = cache.get(name)
     if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
         buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
         cache[name] = buf
+    if copy_of is not None:
+        buf[...] = copy_of
     return buf
 
 
@@ -119,7 +125,8 @@ class ConvolutionLayer(Layer):
         if self.bias_term:
             self.add_param((self.num_output,), cp.bias_filler)
         self._buf: dict = {}
-        self._col_of = None  # index of the bottom whose columns the col buffer holds
+        self._col_of = None  # index of the bottom whose columns the col buffers hold
+        self._cols: list = []  # those columns, one array per batch part
 
     def _weight_shape(self, kernel) -> tuple[int, ...]:
         return (self.num_output, self.channels // self.group) + tuple(kernel)
@@ -152,87 +159,159 @@ class ConvolutionLayer(Layer):
         self._col_of = None
 
     # -- helpers ----------------------------------------------------------------
-    def _columns(self, i: int, x: np.ndarray) -> np.ndarray:
-        """Columns of bottom ``i`` (data ``x``) as ``(G, C/G*kh*kw, N*Ho*Wo)``."""
-        N, C, G = self.num, self.channels, self.group
+    def _parts(self) -> list[slice]:
+        """The batch parts worked on concurrently (see :mod:`protonet.parallel`)."""
+        K = self.channels * self.kernel[0] * self.kernel[1]
+        return parallel.split(self.num, self.num * K * self.out_hw[0] * self.out_hw[1])
+
+    def _part_columns(self, k: int, s: slice, x4: np.ndarray) -> np.ndarray:
+        """Columns of the images ``x4[s]`` as ``(G, C/G*kh*kw, n*Ho*Wo)`` in part ``k``'s buffer."""
+        C, G = self.channels, self.group
         H, W = self.in_hw
         Ho, Wo = self.out_hw
         kh, kw = self.kernel
-        x4 = x.reshape(N, C, H, W)
-        if self.is_1x1 and N == 1:
-            col = x4.reshape(C, H * W)
+        n = s.stop - s.start
+        if self.is_1x1 and n == 1:
+            return x4[s.start].reshape(G, C // G, H * W)  # a view: nothing to unfold
+        col = _buffer(self._buf, f"col{k}", (C, kh, kw, n, Ho, Wo), x4.dtype)
+        if self.is_1x1:
+            col.reshape(C, n, H * W)[...] = x4[s].reshape(n, C, H * W).transpose(1, 0, 2)
         else:
-            col = _buffer(self._buf, "col", (C, kh, kw, N, Ho, Wo), x.dtype)
-            if self.is_1x1:
-                col.reshape(C, N, H * W)[...] = x4.reshape(N, C, H * W).transpose(1, 0, 2)
-            else:
-                im2col(x4, self.kernel, self.pad, self.stride, self.dilation, out=col)
-        self._col, self._col_of = col.reshape(G, -1, N * Ho * Wo), i
-        return self._col
+            im2col(x4[s], self.kernel, self.pad, self.stride, self.dilation, out=col)
+        return col.reshape(G, -1, n * Ho * Wo)
 
     def _weights(self) -> np.ndarray:
         """Weights as ``(G, O/G, C/G*kh*kw)`` (a view)."""
         return self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
 
+    @property
+    def _channels_last(self) -> bool:
+        """Whether backward-data folds channels-innermost slabs (see :meth:`_fold_slabs`)."""
+        return (type(self) is ConvolutionLayer and self.group == 1 and self.channels >= 16
+                and not self.is_1x1 and self.dilation == (1, 1))
+
+    def _weight_slabs(self) -> np.ndarray:
+        """Weights as ``(kh*kw, O, C)``, one ``(O, C)`` matrix per kernel tap (a copy)."""
+        O, C = self.num_output, self.channels
+        return _buffer(self._buf, "wslabs", (self.kernel[0] * self.kernel[1], O, C),
+                       self.blobs[0].data.dtype, copy_of=self.blobs[0].data.reshape(
+                           O, C, -1).transpose(2, 0, 1))
+
+    def _fold_slabs(self, k: int, s: slice, dy: np.ndarray, slabs: np.ndarray,
+                    dx: np.ndarray) -> None:
+        """Bottom diff of images ``s`` with the channels innermost.
+
+        For many input channels, col2im's strided adds over short ``Wo`` rows
+        are slow. Instead one batched matmul gives, per kernel tap, a
+        contiguous slab ``(n*Ho*Wo, C)`` = dy rows ``(n*Ho*Wo, O)`` @ ``W_tap
+        (O, C)``; each slab is added into a padded channels-last frame
+        ``(n, Hf, Wf, C)`` at its tap offset (runs of ``C`` or ``Wo*C``
+        contiguous floats), and the frame's interior is transposed into ``dx``.
+        """
+        n = s.stop - s.start
+        C, O = self.channels, self.num_output
+        (H, W), (Ho, Wo), (kh, kw) = self.in_hw, self.out_hw, self.kernel
+        (ph, pw), (sh, sw) = self.pad, self.stride
+        rows = _buffer(self._buf, f"rows{k}", (n, Ho * Wo, O), dy.dtype)
+        rows[...] = dy[s].transpose(0, 2, 1)
+        slab = _buffer(self._buf, f"col{k}", (C, kh, kw, n, Ho, Wo), dy.dtype).reshape(
+            kh * kw, n * Ho * Wo, C)  # the column buffer, reused
+        np.matmul(rows.reshape(-1, O), slabs, out=slab)
+        frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + kh), max(W + 2 * pw, (Wo - 1) * sw + kw))
+        frame = _buffer(self._buf, f"dframe{k}", (n,) + frame_hw + (C,), dy.dtype)
+        frame[...] = 0
+        for t in range(kh * kw):
+            i, j = divmod(t, kw)
+            target = frame[:, i:i + (Ho - 1) * sh + 1:sh, j:j + (Wo - 1) * sw + 1:sw]
+            target += slab[t].reshape(n, Ho, Wo, C)
+        dx[s] = frame[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+
     # -- passes -----------------------------------------------------------------
     def forward(self, bottom, top):
-        N, O = self.num, self.num_output
+        N, C, O, G = self.num, self.channels, self.num_output, self.group
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
+        bias = self.blobs[1].data[:, None] if self.bias_term else None
+        parts = self._parts()
+        self._cols = [None] * len(parts)
         for i, (b, t) in enumerate(zip(bottom, top)):
-            col = self._columns(i, b.data)
+            x4 = b.data.reshape((N, C) + self.in_hw)
             y = t.data.reshape(N, O, P)
-            if N == 1:  # (G, O/G, K) @ (G, K, P) straight into the top
-                np.matmul(w, col, out=y.reshape(w.shape[0], w.shape[1], P))
-            else:
-                # (G, O/G, N*P) = (G, O/G, K) @ (G, K, N*P), then (O, N, P) -> (N, O, P)
-                out = _buffer(self._buf, "out", (w.shape[0], w.shape[1], N * P), y.dtype)
-                np.matmul(w, col, out=out)
-                y[...] = out.reshape(O, N, P).transpose(1, 0, 2)
-            if self.bias_term:
-                y += self.blobs[1].data[:, None]
+
+            def work(k, s, x4=x4, y=y):
+                col = self._cols[k] = self._part_columns(k, s, x4)
+                n = s.stop - s.start
+                if n == 1:  # (G, O/G, K) @ (G, K, P) straight into the top
+                    np.matmul(w, col, out=y[s.start].reshape(G, O // G, P))
+                else:  # (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P), then (O, n, P) -> (n, O, P)
+                    out = _buffer(self._buf, f"out{k}", (G, O // G, n * P), y.dtype)
+                    np.matmul(w, col, out=out)
+                    y[s] = out.reshape(O, n, P).transpose(1, 0, 2)
+                if bias is not None:
+                    y[s] += bias
+            parallel.run(work, parts)
+            self._col_of = i
 
     def backward(self, top, propagate_down, bottom):
         N, C, O, G = self.num, self.channels, self.num_output, self.group
-        H, W = self.in_hw
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
-        w_diff = self.blobs[0].diff.reshape(w.shape)
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
+        parts = self._parts()
         for i in reversed(range(len(bottom))):  # the last forwarded bottom's columns are cached
             b, t = bottom[i], top[i]
             if not (propagate_down[i] or want_w or want_b):
                 continue
+            cached = self._col_of == i and len(self._cols) == len(parts)
+            x4 = b.data.reshape((N, C) + self.in_hw)
+            dx = b.diff.reshape((N, C) + self.in_hw)
             dy = t.diff.reshape(N, O, P)
-            if N == 1:
-                dyg = dy.reshape(G, O // G, P)
-            else:
-                dyg = _buffer(self._buf, "dy", (O, N, P), dy.dtype)
-                dyg[...] = dy.transpose(1, 0, 2)
-                dyg = dyg.reshape(G, O // G, N * P)
-            if want_b:
-                self.blobs[1].diff += dyg.sum(axis=2).reshape(O)
+            d_w, d_b = [None] * len(parts), [None] * len(parts)
+            slabs = self._weight_slabs() if propagate_down[i] and self._channels_last else None
+
+            def work(k, s, x4=x4, dx=dx, dy=dy, down=propagate_down[i], cached=cached):
+                n = s.stop - s.start
+                if n == 1:
+                    dyg = dy[s.start].reshape(G, O // G, P)
+                else:
+                    dyg = _buffer(self._buf, f"dy{k}", (O, n, P), dy.dtype)
+                    dyg[...] = dy[s].transpose(1, 0, 2)
+                    dyg = dyg.reshape(G, O // G, n * P)
+                if want_b:
+                    d_b[k] = dyg.reshape(O, -1).sum(axis=1)
+                if want_w:
+                    col = self._cols[k] if cached else self._part_columns(k, s, x4)
+                    # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
+                    d_w[k] = np.matmul(dyg, col.transpose(0, 2, 1))
+                if not down:
+                    return
+                if slabs is not None:
+                    self._fold_slabs(k, s, dy, slabs, dx)
+                    return
+                if self.is_1x1 and n == 1:
+                    np.matmul(w.transpose(0, 2, 1), dyg,
+                              out=dx[s.start].reshape(G, C // G, -1))
+                    return
+                # dcol (G, K, n*P) = W^T (G, K, O/G) @ dy (G, O/G, n*P), over the columns
+                dcol = _buffer(self._buf, f"col{k}", (C,) + self.kernel + (n,) + self.out_hw,
+                               dy.dtype)
+                np.matmul(w.transpose(0, 2, 1), dyg, out=dcol.reshape(G, -1, n * P))
+                if self.is_1x1:
+                    dx[s].reshape(n, C, -1)[...] = dcol.reshape(C, n, -1).transpose(1, 0, 2)
+                else:
+                    col2im(dcol, dx[s].shape, self.kernel, self.pad, self.stride,
+                           self.dilation, out=dx[s])
+            parallel.run(work, parts)
+            if propagate_down[i]:
+                self._col_of = None  # the column buffers now hold gradients
             if want_w:
-                col = self._col if self._col_of == i else self._columns(i, b.data)
-                # dW (G, O/G, K) += dy (G, O/G, N*P) @ col^T (G, N*P, K)
-                w_diff += np.matmul(dyg, col.transpose(0, 2, 1))
-            if not propagate_down[i]:
-                continue
-            dx = b.diff.reshape(N, C, H, W)
-            if self.is_1x1 and N == 1:
-                np.matmul(w.transpose(0, 2, 1), dyg, out=dx.reshape(G, C // G, H * W))
-                continue
-            # dcol (G, K, N*P) = W^T (G, K, O/G) @ dy (G, O/G, N*P), written over the columns
-            dcol = _buffer(self._buf, "col", (C,) + self.kernel + (N,) + self.out_hw, dy.dtype)
-            dcol = dcol.reshape(G, -1, N * P)
-            np.matmul(w.transpose(0, 2, 1), dyg, out=dcol)
-            self._col_of = None
-            if self.is_1x1:
-                dx.reshape(N, C, H * W)[...] = dcol.reshape(C, N, H * W).transpose(1, 0, 2)
-            else:
-                col2im(self._buf["col"], dx.shape, self.kernel, self.pad, self.stride,
-                       self.dilation, out=dx)
+                w_diff = self.blobs[0].diff.reshape(w.shape)
+                for part in d_w:
+                    w_diff += part
+            if want_b:
+                for part in d_b:
+                    self.blobs[1].diff += part
 
     def macc(self, bottom, top):
         kh, kw = self.kernel
@@ -341,14 +420,22 @@ class PoolingLayer(Layer):
         hs, ws = self._starts
         self._area = np.outer(np.minimum(hs + kh, H + ph) - hs, np.minimum(ws + kw, W + pw) - ws)
 
-    def _framed(self, x: np.ndarray, fill: float) -> np.ndarray:
-        """``x`` inside a padded frame whose border holds ``fill`` (kept across passes)."""
+    def _frame(self, x: np.ndarray, fill: float, name: str = "frame") -> np.ndarray | None:
+        """The padded frame buffer for ``x`` (border ``fill``, kept across passes), or None."""
         if not self.framed:
-            return x
-        frame = _buffer(self._buf, f"frame{fill}", x.shape[:2] + self.frame, x.dtype, fill)
+            return None
+        return _buffer(self._buf, f"{name}{fill}", x.shape[:2] + self.frame, x.dtype, fill)
+
+    def _framed(self, x: np.ndarray, frame: np.ndarray | None, s: slice) -> np.ndarray:
+        """Images ``s`` of ``x`` copied into their frame (``x[s]`` itself when unframed)."""
+        if frame is None:
+            return x[s]
         (H, W), (ph, pw) = self.in_hw, self.pad
-        frame[:, :, ph:ph + H, pw:pw + W] = x
-        return frame
+        frame[s, :, ph:ph + H, pw:pw + W] = x[s]
+        return frame[s]
+
+    def _parts(self, x: np.ndarray) -> list[slice]:
+        return parallel.split(x.shape[0], x.size * len(self._taps))
 
     def flat_index(self) -> np.ndarray:
         """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
@@ -362,59 +449,72 @@ class PoolingLayer(Layer):
     # -- forward -----------------------------------------------------------------
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
-        self._index = _buffer(self._buf, "index", y.shape, self._index_dtype)
+        self._index = index = _buffer(self._buf, "index", y.shape, self._index_dtype)
+        if self.method == _Pool.STOCHASTIC:
+            xp = self._framed(x, self._frame(x, 0.0), slice(None))
+            if self.phase == TRAIN:
+                self._forward_stochastic_train(xp, y, index)
+            else:
+                self._forward_stochastic_test(xp, y)
+            return
         if self.method == _Pool.MAX:
-            self._forward_max(x, y, self._index)
-            if len(top) > 1:
-                top[1].data[...] = self.flat_index()
-        elif self.method == _Pool.AVE:
-            self._forward_ave(x, y)
-        elif self.phase == TRAIN:
-            self._forward_stochastic_train(x, y, self._index)
-        else:
-            self._forward_stochastic_test(x, y)
+            frame = None if self.single else self._frame(x, -np.inf)
+            scratch = [_buffer(self._buf, name, y.shape, dtype) for name, dtype in
+                       (("tap", y.dtype), ("mask", bool), ("step", index.dtype))]
 
-    def _forward_max(self, x, y, index):
+            def work(k, s):
+                self._forward_max(self._framed(x, frame, s), y[s], index[s],
+                                  *(b[s] for b in scratch))
+        else:
+            frame = None if self.single else self._frame(x, 0.0)
+
+            def work(k, s):
+                self._forward_ave(self._framed(x, frame, s), y[s])
+        parallel.run(work, self._parts(x))
+        if len(top) > 1:
+            top[1].data[...] = self.flat_index()
+
+    def _forward_max(self, xp, y, index, v, better, step):
+        """MAX over the windows of the framed images ``xp`` into ``y`` and ``index``."""
         if self.single:
-            cells = x.reshape(x.shape[0], x.shape[1], -1)
+            cells = xp.reshape(xp.shape[0], xp.shape[1], -1)
             best = cells.argmax(axis=2)[:, :, None]  # the first maximum, as Caffe's '>'
             y[...] = np.take_along_axis(cells, best, 2)[..., None]
             i, j = np.divmod(best[..., None], self.in_hw[1])
             index[...] = i * self.window[1] + j
         else:
-            xp = self._framed(x, -np.inf)
-            v = _buffer(self._buf, "tap", y.shape, y.dtype)
-            better = _buffer(self._buf, "mask", y.shape, bool)
-            step = _buffer(self._buf, "step", y.shape, index.dtype)
             y[...] = -np.inf
-            index[...] = -1
-            # branch-free: contiguous tap copy, then index += better * (k - index)
+            index[...] = 0
+            wide = index.dtype != np.int8
+            # branch-free: as taps come in order, the last tap that beat the running maximum
+            # is the largest k that did, so index = max(index, k * better)
             for k, tap in enumerate(self._taps):
-                np.copyto(v, xp[tap])
+                np.copyto(v, xp[tap])  # one strided read, then contiguous work
                 np.greater(v, y, out=better)
                 np.fmax(y, v, out=y)  # fmax ignores NaN, as Caffe's '>' does
-                np.subtract(k, index, out=step)
-                np.multiply(step, better, out=step)
-                index += step
+                if wide:
+                    np.multiply(better, k, out=step)
+                else:
+                    np.multiply(better.view(np.int8), np.int8(k), out=step)
+                np.maximum(index, step, out=index)
         # windows without a value > -inf: Caffe leaves -FLT_MAX and index -1
         empty = ~(y > -np.inf)
         if empty.any():
             y[empty] = -FLT_MAX
             index[empty] = -1
 
-    def _forward_ave(self, x, y):
+    def _forward_ave(self, xp, y):
+        """AVE over the windows of the framed images ``xp`` into ``y``."""
         if self.single:
-            y[..., 0, 0] = x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2)
+            y[..., 0, 0] = xp.reshape(xp.shape[0], xp.shape[1], -1).sum(axis=2)
         else:
-            xp = self._framed(x, 0.0)
             y[...] = 0
             for tap in self._taps:
                 y += xp[tap]
         with np.errstate(divide="ignore", invalid="ignore"):  # empty windows give 0/0, as Caffe
             y /= self._area.astype(y.dtype)
 
-    def _forward_stochastic_train(self, x, y, index):
-        xp = self._framed(x, 0.0)
+    def _forward_stochastic_train(self, xp, y, index):
         total = np.zeros_like(y)
         for tap in self._taps:
             total += xp[tap]
@@ -432,8 +532,7 @@ class PoolingLayer(Layer):
             np.copyto(index, k, where=hit)
             np.copyto(y, v, where=hit)
 
-    def _forward_stochastic_test(self, x, y):
-        xp = self._framed(x, 0.0)
+    def _forward_stochastic_test(self, xp, y):
         y[...] = FLT_MIN  # Caffe starts the sum at FLT_MIN to avoid 0/0
         squares = np.zeros_like(y)
         for tap in self._taps:
@@ -460,23 +559,30 @@ class PoolingLayer(Layer):
                 np.put_along_axis(dx.reshape(N, C, -1), np.maximum(flat, 0),
                                   np.where(flat >= 0, dy.reshape(N, C, 1), 0), axis=2)
             return
-        dxp = (_buffer(self._buf, "dframe", dx.shape[:2] + self.frame, dx.dtype)
-               if self.framed else dx)
-        dxp[...] = 0
+        dframe = (_buffer(self._buf, "dframe", dx.shape[:2] + self.frame, dx.dtype)
+                  if self.framed else dx)
+        index = self._index
         if average:
-            g = dy / self._area.astype(dy.dtype)
+            area = self._area.astype(dy.dtype)
         else:
             g = _buffer(self._buf, "tap", dy.shape, dy.dtype)
             routed = _buffer(self._buf, "mask", dy.shape, bool)
-        for k, tap in enumerate(self._taps):
-            if not average:  # the top diff of the windows that selected tap k
-                np.equal(self._index, k, out=routed)
-                np.multiply(dy, routed, out=g)
-            target = dxp[tap]
-            target += g
-        if self.framed:
-            (H, W), (ph, pw) = self.in_hw, self.pad
-            dx[...] = dxp[:, :, ph:ph + H, pw:pw + W]
+        (H, W), (ph, pw) = self.in_hw, self.pad
+
+        def work(part, s):
+            dxp = dframe[s]
+            dxp[...] = 0
+            if average:
+                gs = dy[s] / area
+            for k, tap in enumerate(self._taps):
+                if not average:  # the top diff of the windows that selected tap k
+                    np.equal(index[s], k, out=routed[s])
+                    gs = np.multiply(dy[s], routed[s], out=g[s])
+                target = dxp[tap]
+                target += gs
+            if self.framed:
+                dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
+        parallel.run(work, self._parts(dx))
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape

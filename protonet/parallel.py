@@ -1,0 +1,203 @@
+"""Split a layer's memory-bound batch work over a few threads.
+
+BLAS runs GEMMs on all cores, but the work between them (im2col, col2im,
+pooling taps, transposes) is numpy loops on one core. numpy releases the GIL
+inside its loops, so a layer cuts its batch into one part per thread and
+runs each part -- its copies and its own GEMMs -- in its own thread, with
+BLAS set to one thread meanwhile (two-thread BLAS workers spin between calls
+and would take the cores from the parts). On two cores this nearly halves
+the memory-bound work and keeps the GEMMs as fast.
+
+The thread count is ``PROTONET_NUM_THREADS`` if set, else the first of
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` that is
+set (so one knob limits BLAS and protonet together), else the CPUs this
+process may run on. Work smaller than :data:`MIN_ITEMS` elements stays on the
+calling thread: handing it over would cost more than it saves.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+MIN_ITEMS = 1 << 17  # elements below which splitting does not pay
+_ENV = ("PROTONET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_threads: int | None = None
+
+
+def num_threads() -> int:
+    """Threads that batch work is split over (read once from the environment)."""
+    global _threads
+    if _threads is None:
+        for name in _ENV:
+            value = os.environ.get(name, "").strip()
+            if value.isdigit() and int(value) > 0:
+                _threads = int(value)
+                break
+        else:
+            try:
+                _threads = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                _threads = os.cpu_count() or 1
+    return _threads
+
+
+def set_num_threads(n: int | None) -> None:
+    """Override the thread count (``None``: read the environment again)."""
+    global _threads, _pool
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
+        _threads = None if n is None else max(1, int(n))
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="protonet")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:  # a forked child has the pool object but not its threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def chunks(n: int, parts: int) -> list[slice]:
+    """``parts`` contiguous slices covering ``range(n)``, sizes differing by at most 1."""
+    parts = max(1, min(parts, n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+def split(n: int, items: int) -> list[slice]:
+    """How to cut a batch of ``n`` whose work touches ``items`` elements.
+
+    One slice per thread when splitting pays (several threads, a BLAS whose
+    thread count can be lowered while the parts run, enough work, not
+    already inside a part); else the single slice ``0:n``.
+    """
+    threads = num_threads()
+    if threads < 2 or n < 2 or items < MIN_ITEMS or getattr(_local, "inside", False) or _blas() is None:
+        return [slice(0, n)]
+    return chunks(n, threads)
+
+
+def run(fn, parts: list[slice]) -> None:
+    """Call ``fn(k, parts[k])`` for every part, concurrently when there are several.
+
+    ``fn`` must write only the rows of its own part (and buffers of its own
+    ``k``). BLAS runs single-threaded meanwhile, so the parts' GEMMs do not
+    fight BLAS's own threads for the cores. Exceptions reach the caller.
+    """
+    if len(parts) == 1:
+        fn(0, parts[0])
+        return
+    get_threads, set_threads = _blas()
+    before = get_threads()
+    if before != 1:
+        set_threads(1)
+    try:
+        futures = [_executor(len(parts) - 1).submit(_inside, fn, k, s)
+                   for k, s in enumerate(parts) if k]
+        try:
+            _inside(fn, 0, parts[0])
+        finally:
+            for f in futures:
+                f.result()
+    finally:
+        if before != 1:
+            set_threads(before)
+
+
+_held = [0, None]  # nesting depth of blas_held(), BLAS thread count to restore
+
+
+@contextmanager
+def blas_held():
+    """Keep BLAS at one thread for a whole net pass (re-entrant).
+
+    Between the layers' split parts, BLAS's own idle workers would spin on the
+    cores the next layer's parts need; with BLAS at one thread throughout,
+    every core runs protonet's parts. A no-op when layers do not split.
+    """
+    blas = _blas() if num_threads() > 1 else None
+    if blas is None:
+        yield
+        return
+    with _lock:
+        if _held[0] == 0:
+            _held[1] = blas[0]()
+            if _held[1] != 1:
+                blas[1](1)
+        _held[0] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _held[0] -= 1
+            if _held[0] == 0 and _held[1] != 1:
+                blas[1](_held[1])
+
+
+def for_batch(fn, n: int, items: int) -> None:
+    """``fn(s)`` over slices ``s`` covering ``range(n)``: :func:`split` then :func:`run`."""
+    run(lambda k, s: fn(s), split(n, items))
+
+
+_local = threading.local()  # .inside: this thread runs a part
+
+
+def _inside(fn, k, s):
+    _local.inside = True
+    try:
+        fn(k, s)
+    finally:
+        _local.inside = False
+
+
+_BLAS_NAMES = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads",
+               "openblas{}_num_threads64_", "openblas{}_num_threads")
+_blas_cache: list = []
+
+
+def _blas():
+    """``(get, set)`` for the thread count of the OpenBLAS numpy uses, or None."""
+    if not _blas_cache:
+        _blas_cache.append(_find_openblas())
+    return _blas_cache[0]
+
+
+def _find_openblas():
+    import ctypes
+
+    import numpy  # noqa: F401  (loads its BLAS)
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps
+                     if "openblas" in line.lower() and len(line.split(None, 5)) == 6}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_NAMES:
+            getter = getattr(lib, name.format("_get"), None)
+            setter = getattr(lib, name.format("_set"), None)
+            if getter is not None and setter is not None:
+                getter.restype = ctypes.c_int
+                setter.argtypes = [ctypes.c_int]
+                return getter, setter
+    return None

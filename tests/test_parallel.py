@@ -1,0 +1,143 @@
+"""Batch parts on threads: the split, the BLAS hold, and layers giving the same numbers."""
+import threading
+
+import numpy as np
+import pytest
+
+from protonet import parallel
+from protonet.testing import check_gradients, make_layer, setup_layer
+
+needs_blas_control = pytest.mark.skipif(parallel._blas() is None,
+                                        reason="numpy's BLAS thread count cannot be set")
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Force splitting of even tiny work over ``n`` threads; restore afterwards."""
+    def use(n):
+        monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+        parallel.set_num_threads(n)
+    yield use
+    parallel.set_num_threads(None)
+
+
+def test_chunks_cover_the_range_evenly():
+    for n, parts in ((10, 3), (2, 5), (7, 1), (100, 2)):
+        slices = parallel.chunks(n, parts)
+        covered = np.concatenate([np.arange(n)[s] for s in slices])
+        assert covered.tolist() == list(range(n))
+        sizes = [s.stop - s.start for s in slices]
+        assert len(slices) == min(n, parts) and max(sizes) - min(sizes) <= 1
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PROTONET_NUM_THREADS", "3")
+    parallel.set_num_threads(None)
+    try:
+        assert parallel.num_threads() == 3
+        monkeypatch.delenv("PROTONET_NUM_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        parallel.set_num_threads(None)
+        assert parallel.num_threads() == 1
+        assert parallel.split(100, 10**9) == [slice(0, 100)]
+    finally:
+        parallel.set_num_threads(None)
+
+
+def test_small_work_stays_on_the_calling_thread(threads):
+    threads(2)
+    parallel.MIN_ITEMS = 1000
+    assert parallel.split(8, 999) == [slice(0, 8)]
+    assert parallel.split(1, 10**6) == [slice(0, 1)]
+
+
+@needs_blas_control
+def test_parts_run_concurrently_and_errors_reach_the_caller(threads):
+    threads(2)
+    get_blas, _ = parallel._blas()
+    before = get_blas()
+    seen = {}
+
+    def work(k, s):
+        seen[k] = (s, threading.current_thread().name, get_blas())
+    parallel.run(work, parallel.split(10, 100))
+    assert sorted(seen) == [0, 1]
+    assert seen[0][0] == slice(0, 5) and seen[1][0] == slice(5, 10)
+    assert seen[1][1].startswith("protonet") and seen[0][1] != seen[1][1]
+    assert seen[0][2] == 1  # BLAS held at one thread while parts run
+    assert get_blas() == before
+
+    def fail(k, s):
+        if k == 1:
+            raise ValueError("part 1 failed")
+    with pytest.raises(ValueError, match="part 1 failed"):
+        parallel.run(fail, parallel.split(10, 100))
+    assert get_blas() == before
+
+
+@needs_blas_control
+def test_blas_hold_nests_and_restores(threads):
+    threads(2)
+    get_blas, set_blas = parallel._blas()
+    set_blas(2)
+    try:
+        with parallel.blas_held():
+            assert get_blas() == 1
+            with parallel.blas_held():
+                assert get_blas() == 1
+            assert get_blas() == 1
+        assert get_blas() == 2
+    finally:
+        set_blas(2)
+
+
+def _run(params, type_, x, dy_seed=1):
+    layer = make_layer(f'type: "{type_}" {params}', dtype=np.float32)
+    bottom, top = setup_layer(layer, [x])
+    layer.forward(bottom, top)
+    top[0].diff[...] = np.random.default_rng(dy_seed).standard_normal(top[0].shape)
+    layer.backward(top, [True], bottom)
+    return [top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+
+LAYERS = [
+    ("Convolution", "convolution_param { num_output: 4 kernel_size: 3 pad: 1 "
+                    "weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } }",
+     (5, 3, 6, 6)),
+    ("Convolution", "convolution_param { num_output: 6 kernel_size: 3 stride: 2 group: 2 "
+                    "weight_filler { type: 'gaussian' } }", (4, 4, 7, 7)),
+    ("Convolution", "convolution_param { num_output: 4 kernel_size: 1 "
+                    "weight_filler { type: 'gaussian' } }", (3, 3, 4, 4)),
+    ("Convolution", "convolution_param { num_output: 5 kernel_size: 3 pad: 1 "
+                    "weight_filler { type: 'gaussian' } }", (3, 16, 5, 5)),  # channels-last
+    ("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 }", (5, 3, 7, 7)),
+    ("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }", (3, 2, 5, 5)),
+    ("Pooling", "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }", (4, 3, 6, 6)),
+    ("Pooling", "pooling_param { pool: MAX global_pooling: true }", (3, 4, 3, 3)),
+    ("InnerProduct", "inner_product_param { num_output: 7 weight_filler { type: 'gaussian' } "
+                     "bias_filler { type: 'gaussian' } }", (5, 3, 2, 2)),
+    ("InnerProduct", "inner_product_param { num_output: 5 transpose: true "
+                     "weight_filler { type: 'gaussian' } }", (4, 6)),
+]
+
+
+@needs_blas_control
+@pytest.mark.parametrize("type_, params, shape", LAYERS)
+@pytest.mark.parametrize("n", [2, 3])
+def test_split_layers_give_the_serial_numbers(type_, params, shape, n, threads):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    threads(1)
+    serial = _run(params, type_, x)
+    threads(n)
+    split = _run(params, type_, x)
+    for a, b in zip(serial, split):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@needs_blas_control
+@pytest.mark.parametrize("type_, params, shape", [LAYERS[1], LAYERS[3], LAYERS[4], LAYERS[8]])
+def test_split_layers_pass_the_gradient_check(type_, params, shape, threads):
+    threads(2)
+    layer = make_layer(f'type: "{type_}" {params}', dtype=np.float64)
+    x = np.random.default_rng(2).standard_normal(shape)
+    check_gradients(layer, [x], max_checks=40)
