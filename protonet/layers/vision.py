@@ -439,7 +439,7 @@ class PoolingLayer(Layer):
 
     def flat_index(self) -> np.ndarray:
         """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
-        (H, W), kw = self.in_hw, self.window[1]
+        W, kw = self.in_hw[1], self.window[1]
         k = self._index.astype(np.int64)
         i, j = np.divmod(k, kw)
         hs, ws = self._starts
