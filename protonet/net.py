@@ -598,6 +598,21 @@ class Net:
                         f"{list(src.shape)} in the source net, {list(dst.shape)} here")
                 dst.share_data(src)
 
+    def share_scratch_with(self, other: "Net") -> None:
+        """Let layers use the scratch buffers of ``other``'s same-named layers of their type.
+
+        For nets that run one after the other, as a solver's test nets between
+        training iterations: each buffer then takes the larger net's size once
+        instead of both nets keeping their own. A layer that finds its buffers
+        overwritten by the other net recomputes what it had kept there.
+        """
+        mine = self.layer_dict
+        for name, source in zip(other.layer_names, other.layers):
+            target = mine.get(name)
+            if (target is not None and target is not source and type(target) is type(source)
+                    and source.shares_scratch):
+                target._buf = source._buf
+
     def save(self, filename: str) -> None:
         """Write the layers and their learnable blobs as a binary ``.caffemodel`` that Caffe
         (and :meth:`copy_from`) reads (Caffe's ``Net::ToProto`` + WriteProtoToBinaryFile)."""

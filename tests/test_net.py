@@ -228,3 +228,41 @@ def test_float64_nets():
     net = net_from(ip("fc", "data", "fc") + LOSS, dtype=np.float64)
     net.forward_backward()
     assert net.blobs["fc"].data.dtype == np.float64 and net.params["fc"][0].diff.dtype == np.float64
+
+
+SCRATCH_NET = """
+layer { name: "data" type: "DummyData" top: "x" top: "label"
+  dummy_data_param { shape { dim: %d dim: 3 dim: 6 dim: 6 } shape { dim: %d }
+    data_filler { type: "gaussian" } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("test_batch", [2, 3])
+def test_nets_sharing_scratch_keep_their_own_columns(test_batch):
+    """A test net run between a train net's forward and backward may overwrite the shared
+    column buffers; the train net notices and recomputes them."""
+    def nets():
+        train = protonet.Net(parse_net(SCRATCH_NET % (2, 2)), protonet.TRAIN, seed=3)
+        test = protonet.Net(parse_net(SCRATCH_NET % (test_batch, test_batch)), protonet.TEST,
+                            seed=4)
+        test.share_with(train)
+        return train, test
+
+    alone, other = nets()
+    alone.forward_from_to()
+    alone.backward_from_to()
+    train, test = nets()
+    test.share_scratch_with(train)
+    conv = train.layer_dict["conv"]
+    assert test.layer_dict["conv"]._buf is conv._buf
+    assert test.layer_dict["ip"] is not train.layer_dict["ip"]
+    train.forward_from_to()
+    test.forward_from_to()  # writes its own columns into the shared buffers
+    train.backward_from_to()
+    np.testing.assert_allclose(conv.blobs[0].diff, alone.layer_dict["conv"].blobs[0].diff,
+                               rtol=1e-6)

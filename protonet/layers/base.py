@@ -82,6 +82,9 @@ class Layer:
     is_loss = False
     #: False for layers that cannot propagate to their bottoms (data, Accuracy)
     has_backward = True
+    #: True for layers whose scratch buffers (``self._buf``) a same-named layer of another
+    #: net may use between their passes (see :meth:`protonet.net.Net.share_scratch_with`)
+    shares_scratch = False
 
     def __init__(self, param, phase: int = TEST, dtype=np.float32, rng=None):
         self.param = param

@@ -102,6 +102,7 @@ class ConvolutionLayer(Layer):
 
     min_num_bottom = 1
     equal_num_bottom_top = True
+    shares_scratch = True
 
     def layer_setup(self, bottom, top):
         cp = self.param.convolution_param
@@ -125,8 +126,10 @@ class ConvolutionLayer(Layer):
         if self.bias_term:
             self.add_param((self.num_output,), cp.bias_filler)
         self._buf: dict = {}
-        self._col_of = None  # index of the bottom whose columns the col buffers hold
-        self._cols: list = []  # those columns, one array per batch part
+        # which bottom's columns the col buffers hold (for backward), for which batch parts;
+        # the buffers may be shared with a same-named layer of another net (a test net), so
+        # the layer also stamps them with its token
+        self._col_of, self._col_parts, self._token = None, None, object()
 
     def _weight_shape(self, kernel) -> tuple[int, ...]:
         return (self.num_output, self.channels // self.group) + tuple(kernel)
@@ -212,7 +215,8 @@ class ConvolutionLayer(Layer):
         C, O = self.channels, self.num_output
         (H, W), (Ho, Wo), (kh, kw) = self.in_hw, self.out_hw, self.kernel
         (ph, pw), (sh, sw) = self.pad, self.stride
-        rows = _buffer(self._buf, f"rows{k}", (n, Ho * Wo, O), dy.dtype)
+        # dy rows (n, Ho*Wo, O) in the dy buffer (free again: dW and db are done)
+        rows = _buffer(self._buf, f"out{k}", (O, n * Ho * Wo), dy.dtype).reshape(n, Ho * Wo, O)
         rows[...] = dy[s].transpose(0, 2, 1)
         slab = _buffer(self._buf, f"col{k}", (C, kh, kw, n, Ho, Wo), dy.dtype).reshape(
             kh * kw, n * Ho * Wo, C)  # the column buffer, reused
@@ -233,24 +237,25 @@ class ConvolutionLayer(Layer):
         w = self._weights()
         bias = self.blobs[1].data[:, None] if self.bias_term else None
         parts = self._parts()
-        self._cols = [None] * len(parts)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x4 = b.data.reshape((N, C) + self.in_hw)
             y = t.data.reshape(N, O, P)
 
             def work(k, s, x4=x4, y=y):
-                col = self._cols[k] = self._part_columns(k, s, x4)
+                col = self._part_columns(k, s, x4)
                 n = s.stop - s.start
                 if n == 1:  # (G, O/G, K) @ (G, K, P) straight into the top
                     np.matmul(w, col, out=y[s.start].reshape(G, O // G, P))
                 else:  # (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P), then (O, n, P) -> (n, O, P)
-                    out = _buffer(self._buf, f"out{k}", (G, O // G, n * P), y.dtype)
+                    out = _buffer(self._buf, f"out{k}", (O, n * P), y.dtype).reshape(
+                        G, O // G, n * P)
                     np.matmul(w, col, out=out)
                     y[s] = out.reshape(O, n, P).transpose(1, 0, 2)
                 if bias is not None:
                     y[s] += bias
             parallel.run(work, parts)
-            self._col_of = i
+            self._col_of, self._col_parts = i, parts
+            self._buf["owner"] = self._token
 
     def backward(self, top, propagate_down, bottom):
         N, C, O, G = self.num, self.channels, self.num_output, self.group
@@ -263,7 +268,8 @@ class ConvolutionLayer(Layer):
             b, t = bottom[i], top[i]
             if not (propagate_down[i] or want_w or want_b):
                 continue
-            cached = self._col_of == i and len(self._cols) == len(parts)
+            cached = (self._col_of == i and self._col_parts == parts
+                      and self._buf.get("owner") is self._token)
             x4 = b.data.reshape((N, C) + self.in_hw)
             dx = b.diff.reshape((N, C) + self.in_hw)
             dy = t.diff.reshape(N, O, P)
@@ -275,13 +281,15 @@ class ConvolutionLayer(Layer):
                 if n == 1:
                     dyg = dy[s.start].reshape(G, O // G, P)
                 else:
-                    dyg = _buffer(self._buf, f"dy{k}", (O, n, P), dy.dtype)
+                    dyg = _buffer(self._buf, f"out{k}", (O, n * P), dy.dtype).reshape(O, n, P)
                     dyg[...] = dy[s].transpose(1, 0, 2)
                     dyg = dyg.reshape(G, O // G, n * P)
                 if want_b:
                     d_b[k] = dyg.reshape(O, -1).sum(axis=1)
                 if want_w:
-                    col = self._cols[k] if cached else self._part_columns(k, s, x4)
+                    col = (self._buf[f"col{k}"].reshape(G, -1, n * P)
+                           if cached and not (self.is_1x1 and n == 1)
+                           else self._part_columns(k, s, x4))
                     # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
                     d_w[k] = np.matmul(dyg, col.transpose(0, 2, 1))
                 if not down:
@@ -390,6 +398,7 @@ class PoolingLayer(Layer):
             raise self.shape_error("input must have 4 axes (num, channels, height, width)",
                                    bottom)
         N, C, H, W = bottom[0].shape
+        self.channels = C
         kernel = (H, W) if self.global_pooling else self.kernel
         out = tuple(pool_out_size(n, k, p, s, self.ceil)
                     for n, k, p, s in zip((H, W), kernel, self.pad, self.stride))
@@ -437,6 +446,11 @@ class PoolingLayer(Layer):
     def _parts(self, x: np.ndarray) -> list[slice]:
         return parallel.split(x.shape[0], x.size * len(self._taps))
 
+    def _tiles(self, s: slice) -> list[slice]:
+        """Images of part ``s`` in cache-sized groups (the taps pass over each many times)."""
+        frame_bytes = self.channels * self.frame[0] * self.frame[1] * np.dtype(self.dtype).itemsize
+        return parallel.tiles(s, 2 * frame_bytes)
+
     def flat_index(self) -> np.ndarray:
         """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
         W, kw = self.in_hw[1], self.window[1]
@@ -463,13 +477,15 @@ class PoolingLayer(Layer):
                        (("tap", y.dtype), ("mask", bool), ("step", index.dtype))]
 
             def work(k, s):
-                self._forward_max(self._framed(x, frame, s), y[s], index[s],
-                                  *(b[s] for b in scratch))
+                for u in self._tiles(s):
+                    self._forward_max(self._framed(x, frame, u), y[u], index[u],
+                                      *(b[u] for b in scratch))
         else:
             frame = None if self.single else self._frame(x, 0.0)
 
             def work(k, s):
-                self._forward_ave(self._framed(x, frame, s), y[s])
+                for u in self._tiles(s):
+                    self._forward_ave(self._framed(x, frame, u), y[u])
         parallel.run(work, self._parts(x))
         if len(top) > 1:
             top[1].data[...] = self.flat_index()
@@ -569,7 +585,7 @@ class PoolingLayer(Layer):
             routed = _buffer(self._buf, "mask", dy.shape, bool)
         (H, W), (ph, pw) = self.in_hw, self.pad
 
-        def work(part, s):
+        def tile(s):
             dxp = dframe[s]
             dxp[...] = 0
             if average:
@@ -582,7 +598,7 @@ class PoolingLayer(Layer):
                 target += gs
             if self.framed:
                 dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
-        parallel.run(work, self._parts(dx))
+        parallel.run(lambda part, s: [tile(u) for u in self._tiles(s)], self._parts(dx))
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape

@@ -281,8 +281,10 @@ class Solver:
                     copy_trained_layers(net, name)
 
     def _share_trained_layers(self, test_net) -> None:
-        """Net::ShareTrainedLayersWith: the test net uses the train net's weights by layer name."""
+        """Net::ShareTrainedLayersWith: the test net uses the train net's weights by layer name
+        (and, as the nets never run at once, its layers' scratch buffers)."""
         test_net.share_with(self.net)
+        test_net.share_scratch_with(self.net)
 
     # -- the loop -----------------------------------------------------------------------------
     def _requested_action(self) -> str:
