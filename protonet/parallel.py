@@ -80,17 +80,9 @@ def chunks(n: int, parts: int) -> list[slice]:
     return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-TILE_BYTES = 1 << 22  # working set of one tile: about what stays in this CPU's caches
-
-
-def tiles(part: slice, item_bytes: int, budget: int = TILE_BYTES) -> list[slice]:
-    """``part`` cut into consecutive tiles of about ``budget`` bytes (``item_bytes`` each item).
-
-    Work that makes many passes over its data (pooling's taps) runs several
-    times faster on a tile that stays in cache than on the whole batch.
-    """
-    step = max(1, budget // max(1, item_bytes))
-    return [slice(a, min(a + step, part.stop)) for a in range(part.start, part.stop, step)]
+#: bytes of one tile of work that passes over its data many times (pooling's taps): about
+#: what stays in cache; such work runs several times faster tile by tile
+TILE_BYTES = 1 << 22
 
 
 def split(n: int, items: int) -> list[slice]:

@@ -23,14 +23,25 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def _buffer(cache: dict, name: str, shape, dtype, fill=None, copy_of=None) -> np.ndarray:
-    """A scratch array kept across passes; new (``fill``-ed) when shape or dtype change.
+    """A scratch array of ``shape`` kept across passes.
 
-    With ``copy_of``, the buffer is overwritten with that array's values.
+    Plain buffers only grow, as a Caffe Blob's capacity: a smaller request is a
+    view of the start of the kept array (so nets of different batch sizes
+    sharing scratch, or a net reshaped back and forth, allocate nothing new).
+    A ``fill``-ed buffer (a frame whose border must hold ``fill``) is remade
+    whenever its shape changes. With ``copy_of``, the buffer is overwritten
+    with that array's values.
     """
+    shape = tuple(shape)
+    size = int(np.prod(shape, dtype=np.int64))
     buf = cache.get(name)
-    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-        buf = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
-        cache[name] = buf
+    if fill is not None:
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = cache[name] = np.full(shape, fill, dtype)
+    else:
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = cache[name] = np.empty(size, dtype)
+        buf = buf[:size].reshape(shape)
     if copy_of is not None:
         buf[...] = copy_of
     return buf
@@ -287,7 +298,8 @@ class ConvolutionLayer(Layer):
                 if want_b:
                     d_b[k] = dyg.reshape(O, -1).sum(axis=1)
                 if want_w:
-                    col = (self._buf[f"col{k}"].reshape(G, -1, n * P)
+                    col = (_buffer(self._buf, f"col{k}", (C,) + self.kernel + (n,) + self.out_hw,
+                                   x4.dtype).reshape(G, -1, n * P)
                            if cached and not (self.is_1x1 and n == 1)
                            else self._part_columns(k, s, x4))
                     # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
@@ -429,27 +441,33 @@ class PoolingLayer(Layer):
         hs, ws = self._starts
         self._area = np.outer(np.minimum(hs + kh, H + ph) - hs, np.minimum(ws + kw, W + pw) - ws)
 
-    def _frame(self, x: np.ndarray, fill: float, name: str = "frame") -> np.ndarray | None:
-        """The padded frame buffer for ``x`` (border ``fill``, kept across passes), or None."""
-        if not self.framed:
-            return None
-        return _buffer(self._buf, f"{name}{fill}", x.shape[:2] + self.frame, x.dtype, fill)
+    def _framed(self, x: np.ndarray, fill: float, s: slice, key="") -> np.ndarray:
+        """Images ``s`` of ``x`` inside a padded frame whose border holds ``fill``.
 
-    def _framed(self, x: np.ndarray, frame: np.ndarray | None, s: slice) -> np.ndarray:
-        """Images ``s`` of ``x`` copied into their frame (``x[s]`` itself when unframed)."""
-        if frame is None:
+        ``x[s]`` itself when no frame is needed. The frame buffer (one per
+        ``key``, as large as the largest tile) keeps its border across passes.
+        """
+        if not self.framed or self.single:
             return x[s]
+        n = s.stop - s.start
+        capacity = max(n, self._tile_images())
+        frame = _buffer(self._buf, f"frame{fill}{key}", (capacity, x.shape[1]) + self.frame,
+                        x.dtype, fill)[:n]
         (H, W), (ph, pw) = self.in_hw, self.pad
-        frame[s, :, ph:ph + H, pw:pw + W] = x[s]
-        return frame[s]
+        frame[:, :, ph:ph + H, pw:pw + W] = x[s]
+        return frame
 
     def _parts(self, x: np.ndarray) -> list[slice]:
         return parallel.split(x.shape[0], x.size * len(self._taps))
 
-    def _tiles(self, s: slice) -> list[slice]:
-        """Images of part ``s`` in cache-sized groups (the taps pass over each many times)."""
+    def _tile_images(self) -> int:
+        """Images per tile: a cache-sized group (the taps pass over each image many times)."""
         frame_bytes = self.channels * self.frame[0] * self.frame[1] * np.dtype(self.dtype).itemsize
-        return parallel.tiles(s, 2 * frame_bytes)
+        return max(1, parallel.TILE_BYTES // (2 * frame_bytes))
+
+    def _tiles(self, s: slice) -> list[slice]:
+        step = self._tile_images()
+        return [slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)]
 
     def flat_index(self) -> np.ndarray:
         """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
@@ -465,27 +483,25 @@ class PoolingLayer(Layer):
         x, y = bottom[0].data, top[0].data
         self._index = index = _buffer(self._buf, "index", y.shape, self._index_dtype)
         if self.method == _Pool.STOCHASTIC:
-            xp = self._framed(x, self._frame(x, 0.0), slice(None))
+            xp = self._framed(x, 0.0, slice(0, x.shape[0]), "all")
             if self.phase == TRAIN:
                 self._forward_stochastic_train(xp, y, index)
             else:
                 self._forward_stochastic_test(xp, y)
             return
         if self.method == _Pool.MAX:
-            frame = None if self.single else self._frame(x, -np.inf)
-            scratch = [_buffer(self._buf, name, y.shape, dtype) for name, dtype in
-                       (("tap", y.dtype), ("mask", bool), ("step", index.dtype))]
 
             def work(k, s):
                 for u in self._tiles(s):
-                    self._forward_max(self._framed(x, frame, u), y[u], index[u],
-                                      *(b[u] for b in scratch))
+                    tile = (u.stop - u.start,) + y.shape[1:]
+                    scratch = [_buffer(self._buf, f"{name}{k}", tile, dtype) for name, dtype in
+                               (("tap", y.dtype), ("mask", bool), ("step", index.dtype))]
+                    self._forward_max(self._framed(x, -np.inf, u, k), y[u], index[u], *scratch)
         else:
-            frame = None if self.single else self._frame(x, 0.0)
 
             def work(k, s):
                 for u in self._tiles(s):
-                    self._forward_ave(self._framed(x, frame, u), y[u])
+                    self._forward_ave(self._framed(x, 0.0, u, k), y[u])
         parallel.run(work, self._parts(x))
         if len(top) > 1:
             top[1].data[...] = self.flat_index()
@@ -575,30 +591,29 @@ class PoolingLayer(Layer):
                 np.put_along_axis(dx.reshape(N, C, -1), np.maximum(flat, 0),
                                   np.where(flat >= 0, dy.reshape(N, C, 1), 0), axis=2)
             return
-        dframe = (_buffer(self._buf, "dframe", dx.shape[:2] + self.frame, dx.dtype)
-                  if self.framed else dx)
         index = self._index
-        if average:
-            area = self._area.astype(dy.dtype)
-        else:
-            g = _buffer(self._buf, "tap", dy.shape, dy.dtype)
-            routed = _buffer(self._buf, "mask", dy.shape, bool)
+        area = self._area.astype(dy.dtype)
         (H, W), (ph, pw) = self.in_hw, self.pad
 
-        def tile(s):
-            dxp = dframe[s]
+        def tile(part, s):
+            dxp = (_buffer(self._buf, f"dframe{part}", dx[s].shape[:2] + self.frame, dx.dtype)
+                   if self.framed else dx[s])
             dxp[...] = 0
             if average:
                 gs = dy[s] / area
+            else:
+                shape = dy[s].shape
+                g = _buffer(self._buf, f"tap{part}", shape, dy.dtype)
+                routed = _buffer(self._buf, f"mask{part}", shape, bool)
             for k, tap in enumerate(self._taps):
                 if not average:  # the top diff of the windows that selected tap k
-                    np.equal(index[s], k, out=routed[s])
-                    gs = np.multiply(dy[s], routed[s], out=g[s])
+                    np.equal(index[s], k, out=routed)
+                    gs = np.multiply(dy[s], routed, out=g)
                 target = dxp[tap]
                 target += gs
             if self.framed:
                 dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
-        parallel.run(lambda part, s: [tile(u) for u in self._tiles(s)], self._parts(dx))
+        parallel.run(lambda part, s: [tile(part, u) for u in self._tiles(s)], self._parts(dx))
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape
