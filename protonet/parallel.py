@@ -106,7 +106,15 @@ def run(fn, parts: list[slice]) -> None:
     fight BLAS's own threads for the cores. Exceptions reach the caller.
     """
     if len(parts) == 1:
-        fn(0, parts[0])
+        if _held[0] and _held[1] not in (None, 1) and not getattr(_local, "inside", False):
+            # work that could not be split (batch 1): give BLAS its threads back meanwhile
+            _blas()[1](_held[1])
+            try:
+                fn(0, parts[0])
+            finally:
+                _blas()[1](1)
+        else:
+            fn(0, parts[0])
         return
     get_threads, set_threads = _blas()
     before = get_threads()

@@ -142,3 +142,19 @@ def test_split_layers_pass_the_gradient_check(type_, params, shape, threads):
     layer = make_layer(f'type: "{type_}" {params}', dtype=np.float64)
     x = np.random.default_rng(2).standard_normal(shape)
     check_gradients(layer, [x], max_checks=40)
+
+
+@needs_blas_control
+def test_unsplit_work_gets_blas_threads_back_inside_a_net_pass(threads):
+    threads(2)
+    get_blas, set_blas = parallel._blas()
+    set_blas(2)
+    seen = []
+    try:
+        with parallel.blas_held():
+            parallel.run(lambda k, s: seen.append(get_blas()), [slice(0, 1)])
+            assert get_blas() == 1
+        parallel.run(lambda k, s: seen.append(get_blas()), [slice(0, 1)])
+    finally:
+        set_blas(2)
+    assert seen == [2, 2]

@@ -75,7 +75,12 @@ class InnerProductLayer(Layer):
         return array if self.transpose else array.T
 
     def _parts(self, n: int) -> list[slice]:
-        """Slices of ``n`` weight rows or columns that threads work on (each reads its own)."""
+        """Slices of ``n`` weight rows or columns that threads work on (each reads its own).
+
+        One input row is a matrix-vector product: BLAS's own threads do it best.
+        """
+        if self.M == 1:
+            return [slice(0, n)]
         return parallel.split(n, self.M * self.K * self.num_output)
 
     def forward(self, bottom, top):
