@@ -491,3 +491,26 @@ def test_convolution_channels_last_gradients():
     setup_layer(layer, [x])
     assert layer._channels_last
     check_gradients(layer, [x], max_checks=60)
+
+
+@pytest.mark.parametrize("params, shape", [
+    ("kernel_size: 1 stride: 2", (1, 2, 6, 5)),    # windows past the image select nothing
+    ("kernel_size: 3 stride: 2", (2, 3, 9, 9)),    # overlapping windows may share a cell
+    ("kernel_size: 3 stride: 1 pad: 2", (1, 2, 5, 4)),
+])
+def test_max_pooling_backward_routes_by_the_mask(params, shape):
+    layer = pool_layer(f"pool: MAX {params}", top=2)
+    x = np.random.default_rng(0).integers(0, 3, shape).astype(np.float32)  # many ties
+    bottom, top = setup_layer(layer, [x], num_top=2)
+    layer.forward(bottom, top)
+    dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    expected = np.zeros(shape)
+    mask = top[1].data.astype(int)
+    for n, c, oh, ow in np.ndindex(*mask.shape):  # Caffe's loop: dx[mask] += dy
+        if mask[n, c, oh, ow] >= 0:
+            expected[n, c].flat[mask[n, c, oh, ow]] += dy[n, c, oh, ow]
+    if params.startswith("kernel_size: 1"):
+        assert (mask < 0).any()  # the case really has empty windows
+    np.testing.assert_allclose(bottom[0].diff, expected, rtol=1e-6, atol=1e-6)
