@@ -498,3 +498,28 @@ def test_window_data_is_refused(tmp_path):
     with pytest.raises(ProtonetError, match="WindowData .*not supported.*ImageData"):
         net_of(tmp_path, 'layer { name: "w" type: "WindowData" top: "data" top: "label"\n'
                          '  window_data_param { source: "w.txt" batch_size: 1 } }\n')
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux madvise")
+def test_reader_drops_the_pages_it_mapped_and_still_reads_the_same(tmp_path, monkeypatch):
+    from protonet.data import lmdb_source
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 1, 40, 40), dtype=np.uint8)  # ~480 KiB of records
+    path = write_lmdb(tmp_path / "big", [(b"%08d" % i, datum_bytes(images[i], i % 10))
+                                         for i in range(300)])
+    drops = []
+    real_drop = lmdb_source.drop_mapped_pages
+    monkeypatch.setattr(lmdb_source, "DROP_PAGES_EVERY", 100_000)
+    monkeypatch.setattr(lmdb_source, "drop_mapped_pages",
+                        lambda p: drops.append(real_drop(p)) or drops[-1])
+    db = lmdb_source.DatumDB(path)
+    try:
+        first = [v for _ in range(10) for v in db.read(30)]
+        assert len(drops) >= 3 and all(drops)  # the map was found and released each time
+        again = [v for _ in range(10) for v in db.read(30)]  # read back through the map
+    finally:
+        db.close()
+    assert again == first
+    pixels, labels = lmdb_source.decode_batch(again, "native", "record")
+    np.testing.assert_array_equal(pixels, images)
+    np.testing.assert_array_equal(labels, np.arange(300) % 10)

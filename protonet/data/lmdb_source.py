@@ -12,6 +12,7 @@ whenever it fills up.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -140,6 +141,52 @@ def _release_env(key: str) -> None:
             entry[0].close()
 
 
+DROP_PAGES_EVERY = 16 << 20  # bytes a reader reads between two drop_mapped_pages calls
+
+
+def drop_mapped_pages(path: str) -> bool:
+    """Drop an open LMDB's file pages from this process's resident set (Linux).
+
+    LMDB reads through a memory map, so every page a reader has touched counts
+    in the process's resident memory until it exits: a training run that
+    cycles through a database would show its whole size. The pages are clean
+    copies of the file; ``madvise(MADV_DONTNEED)`` unmaps them from the process
+    (they stay in the kernel's page cache, and the next read maps them back
+    without disk I/O). Returns whether any mapping was found and released.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    real = os.path.realpath(path)
+    data_file = os.path.join(real, "data.mdb") if os.path.isdir(real) else real
+    try:
+        with open("/proc/self/maps") as maps:
+            ranges = [tuple(int(a, 16) for a in fields[0].split("-"))
+                      for fields in (line.split(None, 5) for line in maps)
+                      if len(fields) == 6 and fields[5].rstrip("\n") == data_file]
+    except OSError:
+        return False
+    madvise = _madvise()
+    if madvise is None:
+        return False
+    return any([madvise(start, end - start, 4) == 0 for start, end in ranges])  # MADV_DONTNEED
+
+
+_MADVISE: list = []
+
+
+def _madvise():
+    if not _MADVISE:
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _MADVISE.append(fn)
+    return _MADVISE[0]
+
+
 class DatumDB:
     """An LMDB database of Datum records read in key order, wrapping at the end.
 
@@ -150,6 +197,7 @@ class DatumDB:
     def __init__(self, path: str, what: str = ""):
         self.path = path
         self.what = what or path
+        self._read_bytes = 0
         self._key, self.env = _acquire_env(path, self.what)
         try:
             self.entries = int(self.env.stat()["entries"])
@@ -202,6 +250,10 @@ class DatumDB:
             values.append(cursor.value())
             if not cursor.next():
                 cursor.first()
+        self._read_bytes += sum(map(len, values))
+        if self._read_bytes >= DROP_PAGES_EVERY:  # keep resident memory flat over epochs
+            self._read_bytes = 0
+            drop_mapped_pages(self.path)
         return values
 
     def peek_datum(self):
