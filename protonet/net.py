@@ -345,7 +345,11 @@ class Net:
             for i in range(start, end + 1):
                 layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
                 layer.reshape(bottom, top)
-                layer.forward(bottom, top)
+                if layer.splits_work:
+                    layer.forward(bottom, top)
+                else:
+                    with parallel.blas_released():
+                        layer.forward(bottom, top)
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
                         loss += weight * float(np.sum(blob.data, dtype=np.float64))
@@ -360,8 +364,13 @@ class Net:
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
                         blob.diff[...] = weight
-                if self.layer_need_backward[i]:
+                if not self.layer_need_backward[i]:
+                    continue
+                if layer.splits_work:
                     layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+                else:
+                    with parallel.blas_released():
+                        layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""

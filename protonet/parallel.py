@@ -106,14 +106,7 @@ def run(fn, parts: list[slice]) -> None:
     fight BLAS's own threads for the cores. Exceptions reach the caller.
     """
     if len(parts) == 1:
-        if _held[0] and _held[1] not in (None, 1) and not getattr(_local, "inside", False):
-            # work that could not be split (batch 1): give BLAS its threads back meanwhile
-            _blas()[1](_held[1])
-            try:
-                fn(0, parts[0])
-            finally:
-                _blas()[1](1)
-        else:
+        with blas_released():  # work that could not be split (batch 1): BLAS's threads do it
             fn(0, parts[0])
         return
     get_threads, set_threads = _blas()
@@ -161,6 +154,25 @@ def blas_held():
             _held[0] -= 1
             if _held[0] == 0 and _held[1] != 1:
                 blas[1](_held[1])
+
+
+@contextmanager
+def blas_released():
+    """Within :func:`blas_held`, give BLAS its threads back (for layers that do not split).
+
+    A layer that leaves its GEMMs to BLAS (Deconvolution, a Python layer, any
+    user code) then runs them on every core, as outside a net pass.
+    """
+    threads = _held[1]
+    if not _held[0] or threads in (None, 1) or getattr(_local, "inside", False):
+        yield
+        return
+    set_threads = _blas()[1]
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        set_threads(1)
 
 
 def for_batch(fn, n: int, items: int) -> None:

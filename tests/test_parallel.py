@@ -158,3 +158,41 @@ def test_unsplit_work_gets_blas_threads_back_inside_a_net_pass(threads):
     finally:
         set_blas(2)
     assert seen == [2, 2]
+
+
+@needs_blas_control
+def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
+    """Convolution splits its batch (BLAS at one thread inside); ReLU, which does not, runs
+    with BLAS's threads given back, as a Python layer's own GEMMs would."""
+    from protonet.io import parse_net
+    from protonet.layers.neuron import ReLULayer
+    from protonet.net import Net
+    threads(2)
+    get_blas, set_blas = parallel._blas()
+    seen = {}
+    relu_forward = ReLULayer.forward
+
+    def spy(self, bottom, top):
+        seen["relu"] = get_blas()
+        relu_forward(self, bottom, top)
+    monkeypatch.setattr(ReLULayer, "forward", spy)
+    net = Net(parse_net("""
+        layer { name: "x" type: "DummyData" top: "x"
+          dummy_data_param { shape { dim: 4 dim: 2 dim: 5 dim: 5 } } }
+        layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+          convolution_param { num_output: 3 kernel_size: 3 } }
+        layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }"""), 1)
+    conv = net.layer_dict["conv"]
+    conv_forward = conv.forward
+
+    def conv_spy(bottom, top):
+        seen["conv"] = get_blas()
+        conv_forward(bottom, top)
+    conv.forward = conv_spy
+    set_blas(2)
+    try:
+        net.forward_from_to()
+        assert seen == {"conv": 1, "relu": 2}
+        assert get_blas() == 2
+    finally:
+        set_blas(2)

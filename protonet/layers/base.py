@@ -85,6 +85,9 @@ class Layer:
     #: True for layers whose scratch buffers (``self._buf``) a same-named layer of another
     #: net may use between their passes (see :meth:`protonet.net.Net.share_scratch_with`)
     shares_scratch = False
+    #: True for layers that split their own work over threads (:mod:`protonet.parallel`);
+    #: a net pass gives BLAS its threads back around every other layer
+    splits_work = False
 
     def __init__(self, param, phase: int = TEST, dtype=np.float32, rng=None):
         self.param = param

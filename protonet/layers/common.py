@@ -43,6 +43,7 @@ class InnerProductLayer(Layer):
 
     exact_num_bottom = 1
     exact_num_top = 1
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         p = self.param.inner_product_param

@@ -114,6 +114,7 @@ class ConvolutionLayer(Layer):
     min_num_bottom = 1
     equal_num_bottom_top = True
     shares_scratch = True
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         cp = self.param.convolution_param
@@ -357,6 +358,7 @@ class PoolingLayer(Layer):
     exact_num_bottom = 1
     min_num_top = 1
     max_num_top = 2
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         pp = self.param.pooling_param
@@ -649,6 +651,8 @@ class DeconvolutionLayer(ConvolutionLayer):
     backward-data (one matmul per group, then col2im); the bottom gradient is
     the convolution's forward (im2col, then one matmul per group).
     """
+
+    splits_work = False  # its GEMMs run whole, on BLAS's threads
 
     def _weight_shape(self, kernel) -> tuple[int, ...]:
         return (self.channels, self.num_output // self.group) + tuple(kernel)
