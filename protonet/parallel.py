@@ -11,8 +11,9 @@ the memory-bound work and keeps the GEMMs as fast.
 The thread count is ``PROTONET_NUM_THREADS`` if set, else the first of
 ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` that is
 set (so one knob limits BLAS and protonet together), else the CPUs this
-process may run on. Work smaller than :data:`MIN_ITEMS` elements stays on the
-calling thread: handing it over would cost more than it saves.
+process may run on, at most :data:`DEFAULT_MAX_THREADS`. Each part gets at
+least :data:`MIN_ITEMS` elements of work, so small work stays on the calling
+thread: handing it over would cost more than it saves.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-MIN_ITEMS = 1 << 17  # elements below which splitting does not pay
+MIN_ITEMS = 1 << 17  # elements of work below which a part does not pay for its thread
+DEFAULT_MAX_THREADS = 8  # without a setting, use at most this many (parts get too small)
 _ENV = ("PROTONET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 _lock = threading.Lock()
@@ -40,9 +42,9 @@ def num_threads() -> int:
                 break
         else:
             try:
-                _threads = len(os.sched_getaffinity(0))
+                _threads = min(DEFAULT_MAX_THREADS, len(os.sched_getaffinity(0)))
             except AttributeError:  # not Linux
-                _threads = os.cpu_count() or 1
+                _threads = min(DEFAULT_MAX_THREADS, os.cpu_count() or 1)
     return _threads
 
 
@@ -93,9 +95,10 @@ def split(n: int, items: int) -> list[slice]:
     already inside a part); else the single slice ``0:n``.
     """
     threads = num_threads()
-    if threads < 2 or n < 2 or items < MIN_ITEMS or getattr(_local, "inside", False) or _blas() is None:
+    parts = min(threads, items // max(1, MIN_ITEMS))  # each part gets MIN_ITEMS of work
+    if parts < 2 or n < 2 or getattr(_local, "inside", False) or _blas() is None:
         return [slice(0, n)]
-    return chunks(n, threads)
+    return chunks(n, parts)
 
 
 def run(fn, parts: list[slice]) -> None:

@@ -196,3 +196,13 @@ def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
         assert get_blas() == 2
     finally:
         set_blas(2)
+
+
+def test_each_part_gets_enough_work(threads):
+    threads(8)
+    parallel.MIN_ITEMS = 1000
+    if parallel._blas() is None:
+        pytest.skip("numpy's BLAS thread count cannot be set")
+    assert len(parallel.split(64, 2500)) == 2    # 2500 elements: two parts of >= 1000
+    assert len(parallel.split(64, 10**6)) == 8   # capped by the threads
+    assert len(parallel.split(3, 10**6)) == 3    # and by the batch
