@@ -141,7 +141,7 @@ def _release_env(key: str) -> None:
             entry[0].close()
 
 
-DROP_PAGES_EVERY = 16 << 20  # bytes a reader reads between two drop_mapped_pages calls
+DROP_PAGES_EVERY = 4 << 20  # bytes a reader reads between two drop_mapped_pages calls
 
 
 def drop_mapped_pages(path: str) -> bool:
