@@ -99,6 +99,24 @@ def test_parse_log_reads_our_log(work, capsys):
     assert all(t.losses == {"loss"} for t in data.tests)
 
 
+def test_parse_log_keeps_the_latest_run_of_an_appended_log(work, capsys):
+    """solve --log appends: a second run, or a resumed one, supersedes the earlier lines from
+    the iteration it starts at."""
+    for _ in range(2):
+        assert main(["solve", "solver.prototxt", "--log", "train.log", "--progress", "log"]) == 0
+    assert main(["solve", "solver.prototxt", "--log", "train.log", "--progress", "log",
+                 "--snapshot", "snaps/tiny_iter_10.solverstate"]) == 0
+    text = open("train.log").read()
+    assert text.count("Solver scaffolding done.") == 3
+    data = parse_log("train.log")
+    assert [i for i, _ in data.train] == [0, 5, 10, 15, 20]
+    assert [i for i, _ in data.lr] == [0, 5, 10, 15]
+    assert [t.iteration for t in data.tests] == [0, 10, 20]
+    # the points after the resume are the resumed run's: the last lines of the file
+    last_loss = float(re.findall(r"Iteration 20, loss = (\S+)", text)[-1])
+    assert data.train[-1] == (20, last_loss)
+
+
 def test_plot_writes_a_png(work, capsys):
     pytest.importorskip("matplotlib")
     assert main(["solve", "solver.prototxt", "--log", "train.log"]) == 0

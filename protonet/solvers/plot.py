@@ -47,9 +47,16 @@ def parse_log(path: str) -> TrainingLog:
     except OSError as e:
         raise ProtonetError(f"{path}: cannot read ({e.strerror})") from None
     result = TrainingLog()
-    iteration = 0
+    iteration = latest = 0
     current = None
     for line in lines:
+        m = RE_ITERATION.search(line)
+        if m and "Train net output" not in line:
+            if int(m.group(1)) < latest:
+                # iterations went back: a new or resumed run was appended to this log (solve
+                # --log appends); it supersedes what was logged from that iteration on
+                _drop_from(result, int(m.group(1)))
+            latest = int(m.group(1))
         m = RE_TESTING.search(line)
         if m:
             iteration = int(m.group(1))
@@ -81,6 +88,13 @@ def parse_log(path: str) -> TrainingLog:
         if m and "Train net output" not in line:
             iteration = int(m.group(1))
     return result
+
+
+def _drop_from(log: TrainingLog, iteration: int) -> None:
+    """Forget every point of ``log`` at ``iteration`` or later."""
+    log.train[:] = [p for p in log.train if p[0] < iteration]
+    log.lr[:] = [p for p in log.lr if p[0] < iteration]
+    log.tests[:] = [t for t in log.tests if t.iteration < iteration]
 
 
 def plot_log(path: str, output: str | None = None) -> str:
