@@ -117,7 +117,7 @@ def run(fn, parts: list[slice]) -> None:
     if before != 1:
         set_threads(1)
     try:
-        futures = [_executor(len(parts) - 1).submit(_inside, fn, k, s)
+        futures = [_executor(max(1, num_threads() - 1)).submit(_inside, fn, k, s)
                    for k, s in enumerate(parts) if k]
         try:
             _inside(fn, 0, parts[0])
