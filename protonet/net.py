@@ -345,11 +345,8 @@ class Net:
             for i in range(start, end + 1):
                 layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
                 layer.reshape(bottom, top)
-                if layer.splits_work:
+                with parallel.blas_for(layer):
                     layer.forward(bottom, top)
-                else:
-                    with parallel.blas_released():
-                        layer.forward(bottom, top)
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
                         loss += weight * float(np.sum(blob.data, dtype=np.float64))
@@ -364,12 +361,8 @@ class Net:
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
                         blob.diff[...] = weight
-                if not self.layer_need_backward[i]:
-                    continue
-                if layer.splits_work:
-                    layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
-                else:
-                    with parallel.blas_released():
+                if self.layer_need_backward[i]:
+                    with parallel.blas_for(layer):
                         layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
 
     def forward_backward(self) -> float:

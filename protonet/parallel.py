@@ -17,10 +17,11 @@ thread: handing it over would cost more than it saves.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 MIN_ITEMS = 1 << 17  # elements of work below which a part does not pay for its thread
 DEFAULT_MAX_THREADS = 8  # without a setting, use at most this many (parts get too small)
@@ -132,7 +133,7 @@ def run(fn, parts: list[slice]) -> None:
 _held = [0, None]  # nesting depth of blas_held(), BLAS thread count to restore
 
 
-@contextmanager
+@contextlib.contextmanager
 def blas_held():
     """Keep BLAS at one thread for a whole net pass (re-entrant).
 
@@ -159,7 +160,13 @@ def blas_held():
                 blas[1](_held[1])
 
 
-@contextmanager
+def blas_for(layer) -> contextlib.AbstractContextManager:
+    """The BLAS setting ``layer`` runs under in a net pass: as held if it splits its own
+    work, else :func:`blas_released`."""
+    return contextlib.nullcontext() if layer.splits_work else blas_released()
+
+
+@contextlib.contextmanager
 def blas_released():
     """Within :func:`blas_held`, give BLAS its threads back (for layers that do not split).
 
@@ -178,11 +185,6 @@ def blas_released():
         set_threads(1)
 
 
-def for_batch(fn, n: int, items: int) -> None:
-    """``fn(s)`` over slices ``s`` covering ``range(n)``: :func:`split` then :func:`run`."""
-    run(lambda k, s: fn(s), split(n, items))
-
-
 _local = threading.local()  # .inside: this thread runs a part
 
 
@@ -196,17 +198,9 @@ def _inside(fn, k, s):
 
 _BLAS_NAMES = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads",
                "openblas{}_num_threads64_", "openblas{}_num_threads")
-_blas_cache: list = []
-
-
+@functools.cache
 def _blas():
     """``(get, set)`` for the thread count of the OpenBLAS numpy uses, or None."""
-    if not _blas_cache:
-        _blas_cache.append(_find_openblas())
-    return _blas_cache[0]
-
-
-def _find_openblas():
     import ctypes
 
     import numpy  # noqa: F401  (loads its BLAS)

@@ -11,6 +11,7 @@ whenever it fills up.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -171,20 +172,17 @@ def drop_mapped_pages(path: str) -> bool:
     return any([madvise(start, end - start, 4) == 0 for start, end in ranges])  # MADV_DONTNEED
 
 
-_MADVISE: list = []
-
-
+@functools.cache
 def _madvise():
-    if not _MADVISE:
-        try:
-            import ctypes
-            fn = ctypes.CDLL(None, use_errno=True).madvise
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            fn = None
-        _MADVISE.append(fn)
-    return _MADVISE[0]
+    """libc's ``madvise`` through ctypes, or None."""
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 class DatumDB:

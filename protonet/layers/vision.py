@@ -179,16 +179,20 @@ class ConvolutionLayer(Layer):
         K = self.channels * self.kernel[0] * self.kernel[1]
         return parallel.split(self.num, self.num * K * self.out_hw[0] * self.out_hw[1])
 
+    def _part_col_buffer(self, k: int, n: int, dtype) -> np.ndarray:
+        """Part ``k``'s column buffer ``(C, kh, kw, n, Ho, Wo)`` for ``n`` images (kept)."""
+        return _buffer(self._buf, f"col{k}", (self.channels,) + self.kernel + (n,) + self.out_hw,
+                       dtype)
+
     def _part_columns(self, k: int, s: slice, x4: np.ndarray) -> np.ndarray:
         """Columns of the images ``x4[s]`` as ``(G, C/G*kh*kw, n*Ho*Wo)`` in part ``k``'s buffer."""
         C, G = self.channels, self.group
         H, W = self.in_hw
         Ho, Wo = self.out_hw
-        kh, kw = self.kernel
         n = s.stop - s.start
         if self.is_1x1 and n == 1:
             return x4[s.start].reshape(G, C // G, H * W)  # a view: nothing to unfold
-        col = _buffer(self._buf, f"col{k}", (C, kh, kw, n, Ho, Wo), x4.dtype)
+        col = self._part_col_buffer(k, n, x4.dtype)
         if self.is_1x1:
             col.reshape(C, n, H * W)[...] = x4[s].reshape(n, C, H * W).transpose(1, 0, 2)
         else:
@@ -230,7 +234,7 @@ class ConvolutionLayer(Layer):
         # dy rows (n, Ho*Wo, O) in the dy buffer (free again: dW and db are done)
         rows = _buffer(self._buf, f"out{k}", (O, n * Ho * Wo), dy.dtype).reshape(n, Ho * Wo, O)
         rows[...] = dy[s].transpose(0, 2, 1)
-        slab = _buffer(self._buf, f"col{k}", (C, kh, kw, n, Ho, Wo), dy.dtype).reshape(
+        slab = self._part_col_buffer(k, n, dy.dtype).reshape(
             kh * kw, n * Ho * Wo, C)  # the column buffer, reused
         np.matmul(rows.reshape(-1, O), slabs, out=slab)
         frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + kh), max(W + 2 * pw, (Wo - 1) * sw + kw))
@@ -299,8 +303,7 @@ class ConvolutionLayer(Layer):
                 if want_b:
                     d_b[k] = dyg.reshape(O, -1).sum(axis=1)
                 if want_w:
-                    col = (_buffer(self._buf, f"col{k}", (C,) + self.kernel + (n,) + self.out_hw,
-                                   x4.dtype).reshape(G, -1, n * P)
+                    col = (self._part_col_buffer(k, n, x4.dtype).reshape(G, -1, n * P)
                            if cached and not (self.is_1x1 and n == 1)
                            else self._part_columns(k, s, x4))
                     # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
@@ -315,8 +318,7 @@ class ConvolutionLayer(Layer):
                               out=dx[s.start].reshape(G, C // G, -1))
                     return
                 # dcol (G, K, n*P) = W^T (G, K, O/G) @ dy (G, O/G, n*P), over the columns
-                dcol = _buffer(self._buf, f"col{k}", (C,) + self.kernel + (n,) + self.out_hw,
-                               dy.dtype)
+                dcol = self._part_col_buffer(k, n, dy.dtype)
                 np.matmul(w.transpose(0, 2, 1), dyg, out=dcol.reshape(G, -1, n * P))
                 if self.is_1x1:
                     dx[s].reshape(n, C, -1)[...] = dcol.reshape(C, n, -1).transpose(1, 0, 2)
@@ -614,7 +616,11 @@ class PoolingLayer(Layer):
                 self._route_selected(part, index[s], dy[s], dxp)
             if self.framed:
                 dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
-        parallel.run(lambda part, s: [tile(part, u) for u in self._tiles(s)], self._parts(dx))
+
+        def work(part, s):
+            for u in self._tiles(s):
+                tile(part, u)
+        parallel.run(work, self._parts(dx))
 
     def _route_selected(self, part: int, index: np.ndarray, dy: np.ndarray,
                         dxp: np.ndarray) -> None:
