@@ -13,6 +13,7 @@ import numpy as np
 from ..blob import Blob
 from .base import Layer, register, elementwise_macc
 from .common import canonical_axis, softmax
+from .neuron import caffe_sigmoid
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clamps probabilities here: -log -> 87.3365
 KLOG_THRESHOLD = 1e-20  # kLOG_THRESHOLD: the clamp of MultinomialLogistic and Infogain losses
@@ -211,15 +212,6 @@ class AccuracyLayer(Layer):
 
 # -- the other losses --------------------------------------------------------------------------
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Caffe's SigmoidLayer: ``0.5 * tanh(0.5 x) + 0.5`` (no overflow, keeps the dtype)."""
-    y = np.multiply(x, 0.5)
-    np.tanh(y, out=y)
-    y *= 0.5
-    y += 0.5
-    return y
-
-
 @register("EuclideanLoss")
 class EuclideanLossLayer(Layer):
     """``loss = sum((a - b)^2) / (2 N)``, N = ``a.shape[0]``.
@@ -307,7 +299,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
             return
         dx = bottom[0].diff
         t = bottom[1].data.reshape(dx.shape)
-        np.subtract(_sigmoid(bottom[0].data), t, out=dx)
+        np.subtract(caffe_sigmoid(bottom[0].data), t, out=dx)
         valid = self._valid(t)
         if valid is not None:
             dx *= valid

@@ -188,9 +188,10 @@ class ELULayer(NeuronLayer):
         np.multiply(dy, gain, out=bottom[0].diff)
 
 
-def caffe_sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Caffe's CPU sigmoid, ``0.5 * tanh(0.5 * x) + 0.5``, into ``out`` (may be ``x``)."""
-    np.multiply(x, 0.5, out=out)
+def caffe_sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Caffe's CPU sigmoid, ``0.5 * tanh(0.5 * x) + 0.5`` (no overflow, keeps the dtype),
+    into ``out`` (may be ``x``; a new array when None)."""
+    out = np.multiply(x, 0.5, out=out)
     np.tanh(out, out=out)
     out *= 0.5
     out += 0.5

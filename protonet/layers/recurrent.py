@@ -30,17 +30,9 @@ import logging
 import numpy as np
 
 from .base import Layer, register, elementwise_macc
+from .neuron import caffe_sigmoid
 
 log = logging.getLogger("protonet")
-
-
-def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``0.5 tanh(0.5 x) + 0.5``: the logistic function without overflow, in x's dtype."""
-    out = np.multiply(x, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
 
 
 def lstm_unit_forward(c_prev: np.ndarray, gates: np.ndarray, cont: np.ndarray):
@@ -51,7 +43,7 @@ def lstm_unit_forward(c_prev: np.ndarray, gates: np.ndarray, cont: np.ndarray):
     """
     hidden = c_prev.shape[-1]
     act = np.empty_like(gates)
-    _sigmoid(gates[:, :3 * hidden], out=act[:, :3 * hidden])
+    caffe_sigmoid(gates[:, :3 * hidden], out=act[:, :3 * hidden])
     np.tanh(gates[:, 3 * hidden:], out=act[:, 3 * hidden:])
     act[:, hidden:2 * hidden] *= cont[:, None]
     i, f, o, g = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
