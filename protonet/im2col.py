@@ -11,6 +11,11 @@ and grouped convolution splits the rows into ``group`` equal blocks.
 im2col/col2im loop only over the ``kh*kw`` kernel taps; each tap is one
 strided slice. Padding is never materialised: cells of a tap that fall in
 the padding are zeros in the column buffer (im2col) or ignored (col2im).
+
+For many channels the convolution layer unfolds channels-last instead: the
+image padded into an ``(N, Hp, Wp, C)`` frame, whose windows are one strided
+view (:func:`windows_channels_last`); copied, a tile of it is the transposed
+column matrix ``(n*Ho*Wo, kh*kw*C)`` with rows in ``(kh, kw, C)`` order.
 """
 from __future__ import annotations
 
@@ -118,3 +123,34 @@ def col2im(col: np.ndarray, x_shape, kernel, pad=(0, 0), stride=(1, 1), dilation
         if oh1 > oh0 and ow1 > ow0:
             ot[:, :, hs, ws] += col[:, i, j, :, oh0:oh1, ow0:ow1]
     return out
+
+
+def pad_channels_last(x: np.ndarray, pad, out: np.ndarray) -> np.ndarray:
+    """Copy ``x`` ``(n, C, H, W)`` into ``out`` ``(n, H+2*ph, W+2*pw, C)``, zero border.
+
+    The channels-last frame that :func:`windows_channels_last` unfolds: in it a
+    kernel row's ``kw*C`` inputs lie next to each other (for dilation 1).
+    """
+    (ph, pw), (H, W) = pad, x.shape[2:]
+    if out.shape != (x.shape[0], H + 2 * ph, W + 2 * pw, x.shape[1]):
+        raise ValueError(f"pad_channels_last: out has shape {out.shape}")
+    out[:, :ph] = 0
+    out[:, ph + H:] = 0
+    out[:, ph:ph + H, :pw] = 0
+    out[:, ph:ph + H, pw + W:] = 0
+    out[:, ph:ph + H, pw:pw + W] = x.transpose(0, 2, 3, 1)
+    return out
+
+
+def windows_channels_last(frame: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """The convolution windows of a padded channels-last ``frame`` ``(n, Hp, Wp, C)``.
+
+    A read-only view ``(n, Ho, Wo, kh, kw, C)`` with
+    ``v[n, oh, ow, i, j, c] = frame[n, oh*sh + i*dh, ow*sw + j*dw, c]``: copied
+    into a contiguous array it is the channels-last im2col, one row of
+    ``kh*kw*C`` per output position.
+    """
+    sn, sh, sw, sc = frame.strides
+    shape = (frame.shape[0],) + tuple(out_hw) + tuple(kernel) + (frame.shape[3],)
+    strides = (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc)
+    return np.lib.stride_tricks.as_strided(frame, shape, strides, writeable=False)

@@ -1,8 +1,9 @@
-"""Output-size rules and the im2col/col2im kernels."""
+"""Output-size rules and the im2col/col2im and channels-last window kernels."""
 import numpy as np
 import pytest
 
-from protonet.im2col import col2im, conv_out_size, im2col, pool_out_size
+from protonet.im2col import (col2im, conv_out_size, im2col, pad_channels_last, pool_out_size,
+                             windows_channels_last)
 
 
 @pytest.mark.parametrize("size, kernel, pad, stride, ceil, expected", [
@@ -85,6 +86,20 @@ def test_col2im_is_the_adjoint_of_im2col(shape, kernel, pad, stride, dilation):
     # `out` is overwritten, not accumulated into
     out = np.full(shape, 7.0)
     np.testing.assert_array_equal(col2im(c, shape, kernel, pad, stride, dilation, out=out), back)
+
+
+@pytest.mark.parametrize("shape, kernel, pad, stride, dilation", GEOMETRIES)
+def test_channels_last_windows_are_im2col_transposed(shape, kernel, pad, stride, dilation):
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    N, C, H, W = shape
+    frame = np.full((N, H + 2 * pad[0], W + 2 * pad[1], C), np.nan, np.float32)  # garbage
+    pad_channels_last(x, pad, frame)
+    col = im2col(x, kernel, pad, stride, dilation)
+    windows = windows_channels_last(frame, kernel, stride, dilation, col.shape[-2:])
+    np.testing.assert_array_equal(windows, col.transpose(3, 4, 5, 1, 2, 0))
+    assert not windows.flags.writeable
+    with pytest.raises(ValueError, match="out has shape"):
+        pad_channels_last(x, pad, frame[:, 1:])
 
 
 def test_col2im_counts_overlaps():

@@ -232,8 +232,8 @@ def test_float64_nets():
 
 SCRATCH_NET = """
 layer { name: "data" type: "DummyData" top: "x" top: "label"
-  dummy_data_param { shape { dim: %d dim: 3 dim: 6 dim: 6 } shape { dim: %d }
-    data_filler { type: "gaussian" } } }
+  dummy_data_param { shape { dim: %d dim: %d dim: 6 dim: 6 } shape { dim: %d }
+    data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
 layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
   convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" } } }
 layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y"
@@ -243,13 +243,14 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "l
 
 
 @pytest.mark.parametrize("test_batch", [2, 3])
-def test_nets_sharing_scratch_keep_their_own_columns(test_batch):
+@pytest.mark.parametrize("channels", [3, 16])  # NCHW columns; channels-last padded frames
+def test_nets_sharing_scratch_keep_their_own_columns(test_batch, channels):
     """A test net run between a train net's forward and backward may overwrite the shared
     column buffers; the train net notices and recomputes them."""
     def nets():
-        train = protonet.Net(parse_net(SCRATCH_NET % (2, 2)), protonet.TRAIN, seed=3)
-        test = protonet.Net(parse_net(SCRATCH_NET % (test_batch, test_batch)), protonet.TEST,
-                            seed=4)
+        train = protonet.Net(parse_net(SCRATCH_NET % (2, channels, 2)), protonet.TRAIN, seed=3)
+        test = protonet.Net(parse_net(SCRATCH_NET % (test_batch, channels, test_batch)),
+                            protonet.TEST, seed=4)
         test.share_with(train)
         return train, test
 
@@ -259,6 +260,7 @@ def test_nets_sharing_scratch_keep_their_own_columns(test_batch):
     train, test = nets()
     test.share_scratch_with(train)
     conv = train.layer_dict["conv"]
+    assert conv._channels_last == (channels == 16)
     assert test.layer_dict["conv"]._buf is conv._buf
     assert test.layer_dict["ip"] is not train.layer_dict["ip"]
     train.forward_from_to()

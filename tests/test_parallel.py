@@ -110,6 +110,8 @@ LAYERS = [
                     "weight_filler { type: 'gaussian' } }", (3, 3, 4, 4)),
     ("Convolution", "convolution_param { num_output: 5 kernel_size: 3 pad: 1 "
                     "weight_filler { type: 'gaussian' } }", (3, 16, 5, 5)),  # channels-last
+    ("Convolution", "convolution_param { num_output: 5 kernel_size: 3 stride: 2 "
+                    "weight_filler { type: 'gaussian' } }", (3, 16, 7, 7)),  # ... folding slabs
     ("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 }", (5, 3, 7, 7)),
     ("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 }", (3, 2, 5, 5)),
     ("Pooling", "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }", (4, 3, 6, 6)),
@@ -136,7 +138,7 @@ def test_split_layers_give_the_serial_numbers(type_, params, shape, n, threads, 
 
 
 @needs_blas_control
-@pytest.mark.parametrize("type_, params, shape", [LAYERS[1], LAYERS[3], LAYERS[4], LAYERS[8]])
+@pytest.mark.parametrize("type_, params, shape", [LAYERS[1], LAYERS[3], LAYERS[4], LAYERS[5], LAYERS[9]])
 def test_split_layers_pass_the_gradient_check(type_, params, shape, threads):
     threads(2)
     layer = make_layer(f'type: "{type_}" {params}', dtype=np.float64)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from protonet.blob import Blob
+from protonet import parallel
 from protonet.errors import ProtonetError
 from protonet.layers.base import TEST, TRAIN
 from protonet.testing import check_gradients, make_layer, run_layer, setup_layer
@@ -115,10 +116,11 @@ def test_convolution_axis_flattens_leading_axes(torch):
     assert_close(y, yt.numpy().reshape(y.shape))
 
 
-def test_convolution_param_diffs_accumulate_and_bottoms_share_weights():
+@pytest.mark.parametrize("channels", [2, 16])  # NCHW columns; channels-last
+def test_convolution_param_diffs_accumulate_and_bottoms_share_weights(channels):
     layer = conv_layer("num_output: 3 kernel_size: 3 pad: 1")
     rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((2, 2, 5, 5)).astype(np.float32) for _ in range(2)]
+    xs = [rng.standard_normal((2, channels, 5, 5)).astype(np.float32) for _ in range(2)]
     bottom = [Blob(x.shape, name=f"b{i}") for i, x in enumerate(xs)]
     for b, x in zip(bottom, xs):
         b.data[...] = x
@@ -136,7 +138,7 @@ def test_convolution_param_diffs_accumulate_and_bottoms_share_weights():
     once = [p.diff.copy() for p in layer.blobs]
     layer.backward(top, [True, False], bottom)
     for p, d in zip(layer.blobs, once):
-        np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-6)
+        np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-5)
     np.testing.assert_array_equal(layer.blobs[1].diff, np.full(3, 2 * 2 * 2 * 25))
 
 
@@ -459,38 +461,92 @@ def test_pooling_needs_four_axes():
         setup_layer(layer, [np.zeros((1, 5, 5), np.float32)])
 
 
-# many input channels: backward-data folds channels-last slabs instead of col2im
+# many input channels: channels-last tiles; backward-data is a stride-1 convolution of the
+# padded top diff where that pays, else per-tap slabs folded into a frame
 WIDE_CASES = [
-    ("num_output: 8 kernel_size: 5 pad: 2", (2, 16, 7, 6)),
-    ("num_output: 6 kernel_size: 3 stride: 2 pad: 1", (3, 17, 9, 8)),
-    ("num_output: 4 kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 2", (2, 20, 10, 9)),
-    ("num_output: 5 kernel_size: 3 pad: 1 bias_term: false", (1, 16, 4, 4)),
+    # params, input shape, backward-data as a full convolution?
+    ("num_output: 8 kernel_size: 5 pad: 2", (2, 16, 7, 6), True),
+    ("num_output: 5 kernel_size: 3 pad: 1 bias_term: false", (1, 16, 4, 4), True),
+    ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2", (2, 16, 7, 7), True),
+    ("num_output: 4 kernel_h: 3 kernel_w: 5 pad_h: 1 pad_w: 2", (3, 18, 5, 8), True),
+    ("num_output: 6 kernel_size: 3 stride: 2 pad: 1", (3, 17, 9, 8), False),
+    ("num_output: 4 kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 2", (2, 20, 10, 9), False),
+    ("num_output: 4 kernel_size: 3", (2, 16, 6, 6), False),  # bottom much larger than top
+    ("num_output: 4 kernel_size: 3 pad: 3", (2, 16, 5, 5), False),  # pad > kernel - 1
+    ("num_output: 3 kernel_size: 3 stride: 2 dilation: 2 pad: 1", (2, 16, 9, 9), False),
 ]
 
 
-@pytest.mark.parametrize("params, shape", WIDE_CASES)
-def test_convolution_channels_last_backward_matches_torch(params, shape, torch):
+@pytest.mark.parametrize("tile_bytes", [None, 1])  # cache-sized tiles; one image per tile
+@pytest.mark.parametrize("params, shape, full", WIDE_CASES)
+def test_convolution_channels_last_matches_torch(params, shape, full, tile_bytes, torch,
+                                                 monkeypatch):
+    if tile_bytes:
+        monkeypatch.setattr(parallel, "TILE_BYTES", tile_bytes)
+    F = torch.nn.functional
     layer = conv_layer(params)
     x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
-    bottom, top = setup_layer(layer, [x])
-    assert layer._channels_last
-    layer.forward(bottom, top)
-    dy = np.random.default_rng(5).standard_normal(top[0].shape).astype(np.float32)
-    top[0].diff[...] = dy
-    layer.backward(top, [True], bottom)
+    bottom, top, dy = forward_backward(layer, x)
+    assert layer._channels_last and (layer._full_pad is not None) == full
+    w = torch.tensor(layer.blobs[0].data, requires_grad=True)
+    b = torch.tensor(layer.blobs[1].data, requires_grad=True) if layer.bias_term else None
     xt = torch.tensor(x, requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, torch.tensor(layer.blobs[0].data), stride=layer.stride,
-                                    padding=layer.pad)
+    yt = F.conv2d(xt, w, b, stride=layer.stride, padding=layer.pad, dilation=layer.dilation)
     yt.backward(torch.tensor(dy))
+    assert_close(top[0].data, yt.detach().numpy())
     assert_close(bottom[0].diff, xt.grad.numpy())
+    assert_close(layer.blobs[0].diff, w.grad.numpy())
+    if layer.bias_term:
+        assert_close(layer.blobs[1].diff, b.grad.numpy())
 
 
-def test_convolution_channels_last_gradients():
-    layer = conv_layer("num_output: 3 kernel_size: 3 stride: 2 pad: 1", dtype=np.float64)
+def test_convolution_channels_last_1d_matches_torch_conv1d(torch):
+    F = torch.nn.functional
+    layer = conv_layer("num_output: 4 kernel_size: 3 pad: 1")
+    x = np.random.default_rng(0).standard_normal((2, 16, 9)).astype(np.float32)
+    bottom, top, dy = forward_backward(layer, x)
+    assert layer._channels_last and layer._full_pad is not None
+    xt = torch.tensor(x, requires_grad=True)
+    w = torch.tensor(layer.blobs[0].data, requires_grad=True)
+    yt = F.conv1d(xt, w, torch.tensor(layer.blobs[1].data), padding=1)
+    yt.backward(torch.tensor(dy))
+    assert_close(top[0].data, yt.detach().numpy())
+    assert_close(bottom[0].diff, xt.grad.numpy())
+    assert_close(layer.blobs[0].diff, w.grad.numpy())
+
+
+@pytest.mark.parametrize("params", ["num_output: 3 kernel_size: 3 pad: 1",  # full convolution
+                                    "num_output: 3 kernel_size: 3 stride: 2 pad: 1"])  # slabs
+def test_convolution_channels_last_gradients(params):
+    layer = conv_layer(params, dtype=np.float64)
     x = np.random.default_rng(6).standard_normal((2, 16, 5, 5))
     setup_layer(layer, [x])
     assert layer._channels_last
     check_gradients(layer, [x], max_checks=60)
+
+
+@pytest.mark.parametrize("params", ["num_output: 3 kernel_size: 3 pad: 1",
+                                    "num_output: 3 kernel_size: 3 stride: 2 pad: 1"])
+def test_convolution_channels_last_computes_only_what_is_asked(params):
+    """Frozen weights, no bottom diff: each gradient is still right on its own."""
+    layer = conv_layer(params)
+    x = np.random.default_rng(7).standard_normal((2, 16, 5, 5)).astype(np.float32)
+    bottom, top, _ = forward_backward(layer, x)
+    assert layer._channels_last
+    dx, dw, db = bottom[0].diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy()
+    for b in [bottom[0]] + layer.blobs:
+        b.diff[...] = 0
+    layer.param_propagate_down = [False, True]
+    layer.backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-5, atol=1e-5)
+    assert not layer.blobs[0].diff.any()
+    np.testing.assert_allclose(layer.blobs[1].diff, db, rtol=1e-5)
+    bottom[0].diff[...] = 7
+    layer.param_propagate_down = [True, False]
+    layer.backward(top, [False], bottom)
+    assert (bottom[0].diff == 7).all()
+    np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.blobs[1].diff, db, rtol=1e-5)  # unchanged
 
 
 @pytest.mark.parametrize("params, shape", [

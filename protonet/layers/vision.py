@@ -11,7 +11,8 @@ import numpy as np
 
 from ..blob import Blob
 from ..errors import ProtonetError
-from ..im2col import col2im, conv_out_size, im2col, pool_out_size
+from ..im2col import (col2im, conv_out_size, im2col, pad_channels_last, pool_out_size,
+                      windows_channels_last)
 from .. import parallel
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
@@ -20,6 +21,10 @@ from .common import canonical_axis
 _Pool = caffe_pb2.PoolingParameter
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
+#: input channels from which a convolution runs channels-last (``ConvolutionLayer._channels_last``)
+CHANNELS_LAST_MIN = 16
+#: how much larger than the top a bottom may be for backward-data to run as a full convolution
+FULL_CONV_MAX_GROWTH = 1.5
 
 
 def _buffer(cache: dict, name: str, shape, dtype, fill=None, copy_of=None) -> np.ndarray:
@@ -205,9 +210,160 @@ class ConvolutionLayer(Layer):
 
     @property
     def _channels_last(self) -> bool:
-        """Whether backward-data folds channels-innermost slabs (see :meth:`_fold_slabs`)."""
-        return (type(self) is ConvolutionLayer and self.group == 1 and self.channels >= 16
-                and not self.is_1x1 and self.dilation == (1, 1))
+        """Whether this convolution runs channels-last, a few images at a time.
+
+        With many input channels, the NCHW im2col copies short ``Wo`` runs and
+        builds a column matrix far larger than the cache, which the GEMM then
+        reads back from memory. Channels-last windows copy runs of ``kw*C``
+        floats, and each tile of images is unfolded and multiplied while it is
+        still in cache (:meth:`_convolve_tiles`).
+        """
+        return (type(self) is ConvolutionLayer and self.group == 1 and not self.is_1x1
+                and self.channels >= CHANNELS_LAST_MIN)
+
+    @property
+    def _full_pad(self) -> tuple[int, int] | None:
+        """Padding that makes backward-data a stride-1 convolution of the top diff, if it pays.
+
+        With stride 1, ``dx`` is ``dy`` padded by ``dilation*(k-1) - pad``
+        and convolved with the weights flipped in space and transposed in
+        channels. That is one more tiled convolution, unless the padding is
+        negative or the bottom much larger than the top (the GEMM would then
+        mostly multiply padding zeros); None then.
+        """
+        if self.stride != (1, 1):
+            return None
+        pad = tuple(d * (k - 1) - p for d, k, p in zip(self.dilation, self.kernel, self.pad))
+        in_size, out_size = np.prod(self.in_hw), np.prod(self.out_hw)
+        if min(pad) < 0 or in_size > FULL_CONV_MAX_GROWTH * out_size:
+            return None
+        return pad
+
+    def _weight_columns(self) -> np.ndarray:
+        """Weights as ``(kh*kw*C, O)``, rows in channels-last window order (a copy)."""
+        O, C = self.num_output, self.channels
+        w = self.blobs[0].data.reshape((O, C) + self.kernel)
+        return _buffer(self._buf, "wcols", self.kernel + (C, O), w.dtype,
+                       copy_of=w.transpose(2, 3, 1, 0)).reshape(-1, O)
+
+    def _flipped_weight_columns(self) -> np.ndarray:
+        """Weights of the backward-data convolution, ``(kh*kw*O, C)`` (a copy)."""
+        O, C = self.num_output, self.channels
+        w = self.blobs[0].data.reshape((O, C) + self.kernel)
+        return _buffer(self._buf, "wflip", self.kernel + (O, C), w.dtype,
+                       copy_of=w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)).reshape(-1, C)
+
+    def _frame(self, k: int, key: str, x: np.ndarray, pad) -> np.ndarray:
+        """``x`` ``(n, C, H, W)`` padded channels-last in part ``k``'s buffer ``key``."""
+        n, C, H, W = x.shape
+        frame = _buffer(self._buf, f"{key}{k}", (n, H + 2 * pad[0], W + 2 * pad[1], C), x.dtype)
+        return pad_channels_last(x, pad, frame)
+
+    @staticmethod
+    def _tiles(n: int, image_bytes: int) -> list[slice]:
+        """``range(n)`` in tiles whose columns take about ``parallel.TILE_BYTES``."""
+        step = max(1, parallel.TILE_BYTES // image_bytes)
+        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
+
+    def _convolve_tiles(self, k: int, windows: np.ndarray, w_cols: np.ndarray,
+                        out: np.ndarray, bias: np.ndarray | None = None) -> None:
+        """``out (n, Cout, Ho*Wo)`` = windows ``(n, Ho, Wo, kh, kw, Cin)`` @ ``w_cols (K, Cout)``.
+
+        Tile by tile: the tile's windows are copied into part ``k``'s column
+        buffer ``(t*Ho*Wo, K)``, multiplied into rows ``(t*Ho*Wo, Cout)``, and
+        the rows transposed into ``out``.
+        """
+        n, Ho, Wo = windows.shape[:3]
+        P, (K, O) = Ho * Wo, w_cols.shape
+        for t in self._tiles(n, P * K * out.itemsize):
+            m = t.stop - t.start
+            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], out.dtype)
+            col[...] = windows[t]
+            rows = _buffer(self._buf, f"out{k}", (m * P, O), out.dtype)
+            np.matmul(col.reshape(m * P, K), w_cols, out=rows)
+            if bias is not None:
+                rows += bias
+            out[t] = rows.reshape(m, P, O).transpose(0, 2, 1)
+
+    def _input_windows(self, k: int, x: np.ndarray, cached: bool = False) -> np.ndarray:
+        """Convolution windows of the images ``x`` (part ``k``), from its kept frame if ``cached``."""
+        if cached:
+            n, C, H, W = x.shape
+            shape = (n, H + 2 * self.pad[0], W + 2 * self.pad[1], C)
+            frame = _buffer(self._buf, f"xpad{k}", shape, x.dtype)
+        else:
+            frame = self._frame(k, "xpad", x, self.pad)
+        return windows_channels_last(frame, self.kernel, self.stride, self.dilation, self.out_hw)
+
+    def _backward_channels_last(self, k, s, x4, dy, dx, down, cached, want_w, want_b, slabs):
+        """One part's gradients, channels-last: returns ``(dW (O, C, kh, kw), db (O,))``."""
+        N, C, O = self.num, self.channels, self.num_output
+        (kh, kw), n = self.kernel, s.stop - s.start
+        dy4 = dy.reshape((N, O) + self.out_hw)
+        d_b = dy[s].sum(axis=(0, 2)) if want_b else None
+        pad = self._full_pad if down else None
+        if pad is not None:  # one unfold of dy serves dx and dW
+            windows = windows_channels_last(self._frame(k, "dypad", dy4[s], pad),
+                                            self.kernel, (1, 1), self.dilation, self.in_hw)
+            d_w = self._backward_data_tiles(k, windows, x4[s] if want_w else None,
+                                            dx[s].reshape(n, C, -1))
+            # dW[o, c, i, j] = (the flipped kernel's gradient)[c, kh-1-i, kw-1-j, o]
+            return (None if d_w is None else
+                    d_w.reshape(C, kh, kw, O)[:, ::-1, ::-1].transpose(3, 0, 1, 2)), d_b
+        d_w = self._weight_gradient_tiles(k, self._input_windows(k, x4[s], cached), dy[s]
+                                          ) if want_w else None
+        if down:
+            self._fold_slabs(k, s, dy, slabs, dx)
+        return d_w, d_b
+
+    def _weight_gradient_tiles(self, k: int, windows: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """dW ``(O, C, kh, kw)`` = sum over tiles of dy rows^T @ the tile's input columns.
+
+        ``windows`` are the input windows ``(n, Ho, Wo, kh, kw, C)`` and ``dy``
+        the matching top diff ``(n, O, Ho*Wo)``.
+        """
+        n, Ho, Wo = windows.shape[:3]
+        P, (O, C) = Ho * Wo, (dy.shape[1], self.channels)
+        K = C * self.kernel[0] * self.kernel[1]
+        d_w = np.zeros((O, K), dy.dtype)
+        for t in self._tiles(n, P * K * dy.itemsize):
+            m = t.stop - t.start
+            rows = _buffer(self._buf, f"out{k}", (m, P, O), dy.dtype)
+            rows[...] = dy[t].transpose(0, 2, 1)
+            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], dy.dtype)
+            col[...] = windows[t]
+            d_w += rows.reshape(m * P, O).T @ col.reshape(m * P, K)
+        return d_w.reshape((O,) + self.kernel + (C,)).transpose(0, 3, 1, 2)
+
+    def _backward_data_tiles(self, k: int, windows: np.ndarray, x: np.ndarray | None,
+                             dx: np.ndarray) -> np.ndarray | None:
+        """Backward-data as the stride-1 convolution of the padded top diff (:attr:`_full_pad`).
+
+        ``windows`` ``(n, H, W, kh, kw, O)`` unfold the padded top diff;
+        per tile, its columns ``(t*H*W, kh*kw*O)`` @ the flipped weights give
+        ``dx`` ``(n, C, H*W)``. If ``x`` (the bottom, ``(n, C, H, W)``) is given,
+        the same columns give the weight gradient too: ``x`` rows^T
+        ``(C, t*H*W)`` @ columns, returned as ``(C, kh*kw*O)`` in flipped-kernel
+        order.
+        """
+        n, H, W = windows.shape[:3]
+        P, C = H * W, self.channels
+        w_cols = self._flipped_weight_columns()
+        K = w_cols.shape[0]
+        d_w = None if x is None else np.zeros((C, K), dx.dtype)
+        for t in self._tiles(n, P * K * dx.itemsize):
+            m = t.stop - t.start
+            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], dx.dtype)
+            col[...] = windows[t]
+            col = col.reshape(m * P, K)
+            rows = _buffer(self._buf, f"out{k}", (m, P, C), dx.dtype)
+            if x is not None:
+                rows[...] = x[t].reshape(m, C, P).transpose(0, 2, 1)
+                d_w += rows.reshape(m * P, C).T @ col
+            np.matmul(col, w_cols, out=rows.reshape(m * P, C))
+            dx[t] = rows.transpose(0, 2, 1)
+        return d_w
+
 
     def _weight_slabs(self) -> np.ndarray:
         """Weights as ``(kh*kw, O, C)``, one ``(O, C)`` matrix per kernel tap (a copy)."""
@@ -218,31 +374,30 @@ class ConvolutionLayer(Layer):
 
     def _fold_slabs(self, k: int, s: slice, dy: np.ndarray, slabs: np.ndarray,
                     dx: np.ndarray) -> None:
-        """Bottom diff of images ``s`` with the channels innermost.
+        """Bottom diff of images ``s``, channels-last, when :attr:`_full_pad` does not apply.
 
-        For many input channels, col2im's strided adds over short ``Wo`` rows
-        are slow. Instead one batched matmul gives, per kernel tap, a
-        contiguous slab ``(n*Ho*Wo, C)`` = dy rows ``(n*Ho*Wo, O)`` @ ``W_tap
-        (O, C)``; each slab is added into a padded channels-last frame
-        ``(n, Hf, Wf, C)`` at its tap offset (runs of ``C`` or ``Wo*C``
-        contiguous floats), and the frame's interior is transposed into ``dx``.
+        One batched matmul gives, per kernel tap, a contiguous slab
+        ``(n*Ho*Wo, C)`` = dy rows ``(n*Ho*Wo, O)`` @ ``W_tap (O, C)``; each
+        slab is added into a padded channels-last frame ``(n, Hf, Wf, C)`` at
+        its tap offset (runs of ``C`` contiguous floats), and the frame's
+        interior is transposed into ``dx``.
         """
         n = s.stop - s.start
         C, O = self.channels, self.num_output
         (H, W), (Ho, Wo), (kh, kw) = self.in_hw, self.out_hw, self.kernel
-        (ph, pw), (sh, sw) = self.pad, self.stride
-        # dy rows (n, Ho*Wo, O) in the dy buffer (free again: dW and db are done)
-        rows = _buffer(self._buf, f"out{k}", (O, n * Ho * Wo), dy.dtype).reshape(n, Ho * Wo, O)
+        (ph, pw), (sh, sw), (dh, dw) = self.pad, self.stride, self.dilation
+        rows = _buffer(self._buf, f"out{k}", (n, Ho * Wo, O), dy.dtype)
         rows[...] = dy[s].transpose(0, 2, 1)
-        slab = self._part_col_buffer(k, n, dy.dtype).reshape(
-            kh * kw, n * Ho * Wo, C)  # the column buffer, reused
+        slab = _buffer(self._buf, f"col{k}", (kh * kw, n * Ho * Wo, C), dy.dtype)
         np.matmul(rows.reshape(-1, O), slabs, out=slab)
-        frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + kh), max(W + 2 * pw, (Wo - 1) * sw + kw))
+        frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + dh * (kh - 1) + 1),
+                    max(W + 2 * pw, (Wo - 1) * sw + dw * (kw - 1) + 1))
         frame = _buffer(self._buf, f"dframe{k}", (n,) + frame_hw + (C,), dy.dtype)
         frame[...] = 0
         for t in range(kh * kw):
             i, j = divmod(t, kw)
-            target = frame[:, i:i + (Ho - 1) * sh + 1:sh, j:j + (Wo - 1) * sw + 1:sw]
+            target = frame[:, i * dh:i * dh + (Ho - 1) * sh + 1:sh,
+                           j * dw:j * dw + (Wo - 1) * sw + 1:sw]
             target += slab[t].reshape(n, Ho, Wo, C)
         dx[s] = frame[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
 
@@ -253,11 +408,16 @@ class ConvolutionLayer(Layer):
         w = self._weights()
         bias = self.blobs[1].data[:, None] if self.bias_term else None
         parts = self._parts()
+        w_cols = self._weight_columns() if self._channels_last else None
         for i, (b, t) in enumerate(zip(bottom, top)):
             x4 = b.data.reshape((N, C) + self.in_hw)
             y = t.data.reshape(N, O, P)
 
             def work(k, s, x4=x4, y=y):
+                if w_cols is not None:
+                    self._convolve_tiles(k, self._input_windows(k, x4[s]), w_cols, y[s],
+                                         None if bias is None else bias[:, 0])
+                    return
                 col = self._part_columns(k, s, x4)
                 n = s.stop - s.start
                 if n == 1:  # (G, O/G, K) @ (G, K, P) straight into the top
@@ -290,9 +450,14 @@ class ConvolutionLayer(Layer):
             dx = b.diff.reshape((N, C) + self.in_hw)
             dy = t.diff.reshape(N, O, P)
             d_w, d_b = [None] * len(parts), [None] * len(parts)
-            slabs = self._weight_slabs() if propagate_down[i] and self._channels_last else None
+            slabs = (self._weight_slabs() if propagate_down[i] and self._channels_last
+                     and self._full_pad is None else None)
 
             def work(k, s, x4=x4, dx=dx, dy=dy, down=propagate_down[i], cached=cached):
+                if self._channels_last:
+                    d_w[k], d_b[k] = self._backward_channels_last(
+                        k, s, x4, dy, dx, down, cached, want_w, want_b, slabs)
+                    return
                 n = s.stop - s.start
                 if n == 1:
                     dyg = dy[s.start].reshape(G, O // G, P)
@@ -309,9 +474,6 @@ class ConvolutionLayer(Layer):
                     # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
                     d_w[k] = np.matmul(dyg, col.transpose(0, 2, 1))
                 if not down:
-                    return
-                if slabs is not None:
-                    self._fold_slabs(k, s, dy, slabs, dx)
                     return
                 if self.is_1x1 and n == 1:
                     np.matmul(w.transpose(0, 2, 1), dyg,
@@ -331,7 +493,7 @@ class ConvolutionLayer(Layer):
             if want_w:
                 w_diff = self.blobs[0].diff.reshape(w.shape)
                 for part in d_w:
-                    w_diff += part
+                    w_diff += part.reshape(w_diff.shape)
             if want_b:
                 for part in d_b:
                     self.blobs[1].diff += part
