@@ -602,11 +602,10 @@ class PoolingLayer(Layer):
         self._taps = [(Ellipsis, slice(i, i + (Ho - 1) * sh + 1, sh),
                        slice(j, j + (Wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
         self._index_dtype = np.int8 if kh * kw <= 127 else np.int32
-        # flat frame positions: tap k's offset inside a window, each window's first cell
-        Wf = self.frame[1]
-        self._tap_offsets = np.array([i * Wf + j for i in range(kh) for j in range(kw)], np.intp)
-        self._window_offsets = np.add.outer(np.arange(Ho) * sh * Wf, np.arange(Wo) * sw)
         self._starts = np.arange(Ho) * sh - ph, np.arange(Wo) * sw - pw
+        # flat image positions: tap k's offset inside a window, each window's first cell
+        self._tap_offsets = np.array([i * W + j for i in range(kh) for j in range(kw)], np.intp)
+        self._window_offsets = np.add.outer(self._starts[0] * W, self._starts[1])
         # Caffe's AVE pool size: the window clipped to H + pad, before clipping to the image
         hs, ws = self._starts
         self._area = np.outer(np.minimum(hs + kh, H + ph) - hs, np.minimum(ws + kw, W + pw) - ws)
@@ -766,16 +765,16 @@ class PoolingLayer(Layer):
         (H, W), (ph, pw) = self.in_hw, self.pad
 
         def tile(part, s):
+            if not average:
+                self._route_selected(part, index[s], dy[s], dx[s])
+                return
             dxp = (_buffer(self._buf, f"dframe{part}", dx[s].shape[:2] + self.frame, dx.dtype)
                    if self.framed else dx[s])
-            if average:
-                dxp[...] = 0
-                gs = dy[s] / area
-                for tap in self._taps:
-                    target = dxp[tap]
-                    target += gs
-            else:
-                self._route_selected(part, index[s], dy[s], dxp)
+            dxp[...] = 0
+            gs = dy[s] / area
+            for tap in self._taps:
+                target = dxp[tap]
+                target += gs
             if self.framed:
                 dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
 
@@ -785,24 +784,28 @@ class PoolingLayer(Layer):
         parallel.run(work, self._parts(dx))
 
     def _route_selected(self, part: int, index: np.ndarray, dy: np.ndarray,
-                        dxp: np.ndarray) -> None:
-        """``dxp`` (framed images) = the sum of ``dy`` over the windows that selected each cell.
+                        dx: np.ndarray) -> None:
+        """``dx`` (whole images) = the sum of ``dy`` over the windows that selected each cell.
 
-        Every output's selected cell has a flat position in ``dxp``: its image
-        and channel's frame, its window's start and its tap's offset. One
-        ``bincount`` sums ``dy`` by position (overlapping windows that chose the
-        same cell add up), far faster than a masked add per tap.
+        Every output's selected cell (always inside the image) has a flat
+        position in ``dx``: its image and channel, its window's start and its
+        tap's offset. One ``bincount`` sums ``dy`` by position (overlapping
+        windows that chose the same cell add up), far faster than a masked add
+        per tap, and no padded frame is needed.
         """
         n, C = dy.shape[:2]
-        Hf, Wf = self.frame
+        H, W = self.in_hw
         flat = _buffer(self._buf, f"flat{part}", dy.shape, np.intp)
-        np.take(self._tap_offsets, index, out=flat)  # -1 (no selection) takes the last; weight 0
+        np.take(self._tap_offsets, index, out=flat)
         flat += self._window_offsets
-        flat += (np.arange(n * C, dtype=np.intp) * (Hf * Wf)).reshape(n, C, 1, 1)
+        flat += (np.arange(n * C, dtype=np.intp) * (H * W)).reshape(n, C, 1, 1)
         empty = index < 0
-        weights = np.where(empty, 0, dy) if empty.any() else dy
-        dxp.reshape(-1)[...] = np.bincount(flat.reshape(-1), weights.reshape(-1),
-                                           minlength=dxp.size)
+        weights = dy
+        if empty.any():  # no selection: any position in range will do, with weight 0
+            flat[empty] = 0
+            weights = np.where(empty, 0, dy)
+        dx.reshape(-1)[...] = np.bincount(flat.reshape(-1), weights.reshape(-1),
+                                          minlength=dx.size)
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape
