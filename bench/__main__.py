@@ -1,12 +1,14 @@
 """python -m bench [--nets lenet cifar10_quick caffenet] [--threads 1 2] [--iterations 30]
-[--rounds 3] [--batch N] [--no-torch] [--no-malloc-tuning] [--solve-memory [N]]
+[--rounds 3] [--batch N] [--input random|constant] [--no-torch] [--no-malloc-tuning]
+[--solve-memory [N]]
 
 Times protonet and PyTorch CPU on the same nets, alternating rounds, each in its
 own process with the thread count fixed through the environment (so protonet's
 process never imports torch), and prints, per side, the min over rounds of each round's
 min time and the spread (max - min of the per-round mins), the ratio protonet / PyTorch and
 protonet's achieved GFLOP/s against a measured numpy GEMM peak. LeNet and CIFAR-10 quick do
-forward, backward and a plain SGD update; CaffeNet (deploy) runs forward only.
+forward, backward and a plain SGD update; CaffeNet (deploy) runs forward only. Both sides
+get the same input batch: uniform random values by default, or all 0.5 with --input constant.
 """
 import argparse
 import json
@@ -14,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from bench.nets import NETS, flops
+from bench.nets import INPUTS, NETS, flops
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +38,8 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch", type=int, default=None, help="override each net's batch size")
+    p.add_argument("--input", choices=INPUTS, default="random",
+                   help="the input batch: uniform [0, 1) values (default) or all 0.5")
     p.add_argument("--no-torch", action="store_true", help="time protonet only")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="run protonet with PROTONET_NO_MALLOC_TUNING=1 (glibc defaults)")
@@ -51,14 +55,14 @@ def main(argv=None):
         for threads in args.threads:
             ours, theirs, peak = [], [], 0.0
             for _ in range(args.rounds):  # alternate so drift hits both sides alike
-                r = run("run_protonet", [name, batch, args.iterations], threads, penv)
+                r = run("run_protonet", [name, batch, args.iterations, args.input], threads, penv)
                 ours.append(min(r["times"]))
                 peak = max(peak, r["gemm_gflops"])
                 if not args.no_torch:
-                    theirs.append(min(run("run_torch", [name, batch, args.iterations, threads],
-                                          threads)["times"]))
+                    theirs.append(min(run("run_torch", [name, batch, args.iterations, threads,
+                                                        args.input], threads)["times"]))
             ms = min(ours) * 1000
-            row = {"net": name, "batch": batch, "threads": threads,
+            row = {"net": name, "batch": batch, "threads": threads, "input": args.input,
                    "forward_only": NETS[name][2], "protonet_ms": ms,
                    "protonet_spread_ms": (max(ours) - min(ours)) * 1000,
                    "gflops": step_flops / min(ours) / 1e9, "gemm_peak_gflops": peak}
@@ -67,6 +71,7 @@ def main(argv=None):
                 row["torch_spread_ms"] = (max(theirs) - min(theirs)) * 1000
                 row["ratio"] = ms / row["torch_ms"]
             rows.append(row)
+    print(f"input: {args.input}")
     print(f"{'net':14} {'step':>8} {'batch':>5} {'thr':>3} {'protonet (spread)':>20} "
           f"{'pytorch (spread)':>20} {'ratio':>6} {'GFLOP/s':>8} {'GEMM peak':>9}")
     for r in rows:

@@ -82,7 +82,7 @@ CIFAR10_QUICK = ('name: "CIFAR10_quick"\n'
 CAFFENET = ('name: "CaffeNet"\n'
             'layer { name: "data" type: "DummyData" top: "data"\n'
             '  dummy_data_param { shape { dim: %(batch)d dim: 3 dim: 227 dim: 227 }\n'
-            '    data_filler { type: "gaussian" std: 1 } } }\n'
+            '    data_filler { type: "constant" value: 0.5 } } }\n'
             + _conv("conv1", "data", 96, 11, stride=4) + _relu("relu1", "conv1")
             + _pool("pool1", "conv1", "MAX") + _lrn("norm1", "pool1")
             + _conv("conv2", "norm1", 256, 5, pad=2, group=2) + _relu("relu2", "conv2")
@@ -103,6 +103,23 @@ CAFFENET = ('name: "CaffeNet"\n'
 #: name -> (prototxt template, default batch, forward-only?)
 NETS = {"lenet": (LENET, 64, False), "cifar10_quick": (CIFAR10_QUICK, 100, False),
         "caffenet": (CAFFENET, 10, True)}
+
+
+#: each net's input image shape (C, H, W)
+IMAGE_SHAPES = {"lenet": (1, 28, 28), "cifar10_quick": (3, 32, 32), "caffenet": (3, 227, 227)}
+#: what the timed steps see: uniform [0, 1) values (pixel-like, as in training) or every
+#: value 0.5 (the DummyData fill; feature maps then come out flat, max pools all tie)
+INPUTS = ("random", "constant")
+
+
+def input_batch(name: str, batch: int, kind: str = "random"):
+    """The timed steps' input for net ``name`` (float32 ``(batch, C, H, W)``); both runners
+    feed the same values."""
+    import numpy as np
+    shape = (batch,) + IMAGE_SHAPES[name]
+    if kind == "constant":
+        return np.full(shape, 0.5, np.float32)
+    return np.random.default_rng(0).random(shape, np.float32)
 
 
 def flops(name: str, batch: int) -> int:

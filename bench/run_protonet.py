@@ -9,7 +9,7 @@ import sys
 import time
 
 
-def main(name: str, batch: int, iterations: int) -> None:
+def main(name: str, batch: int, iterations: int, input_kind: str = "random") -> None:
     sys.path.insert(0, ".")
     from protonet._malloc import tune_malloc
     tuned = tune_malloc()
@@ -18,10 +18,12 @@ def main(name: str, batch: int, iterations: int) -> None:
     import protonet
     from protonet.io import parse_net
 
-    from bench.nets import NETS
+    from bench.nets import NETS, input_batch
     template, _, forward_only = NETS[name]
     net = protonet.Net(parse_net(template % {"batch": batch}),
                        protonet.TEST if forward_only else protonet.TRAIN, seed=0)
+    net.forward_from_to(0, 0)  # DummyData fills its constant once; then the input goes in
+    net.blobs["data"].data[...] = input_batch(name, batch, input_kind)
     # peak: one large float32 GEMM, to report achieved GFLOP/s against
     a = np.ones((1024, 1024), np.float32)
     a @ a
@@ -50,4 +52,4 @@ def main(name: str, batch: int, iterations: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])

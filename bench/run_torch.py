@@ -47,12 +47,16 @@ MODELS = {"lenet": (lenet, (1, 28, 28), False),
           "caffenet": (caffenet, (3, 227, 227), True)}
 
 
-def main(name: str, batch: int, iterations: int, threads: int) -> None:
+def main(name: str, batch: int, iterations: int, threads: int,
+         input_kind: str = "random") -> None:
     import torch
+    sys.path.insert(0, ".")
+    from bench.nets import input_batch
     torch.set_num_threads(threads)
     build, shape, forward_only = MODELS[name]
     model = build(torch)
-    x = torch.full((batch, *shape), 0.5)
+    x = torch.from_numpy(input_batch(name, batch, input_kind))
+    assert tuple(x.shape[1:]) == shape
     y = torch.full((batch,), 3, dtype=torch.long)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -74,4 +78,4 @@ def main(name: str, batch: int, iterations: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])

@@ -38,3 +38,21 @@ def test_no_malloc_tuning_flag_reaches_the_protonet_process():
     from bench.__main__ import run
     r = run("run_protonet", ["lenet", 1, 1], 1, {"PROTONET_NO_MALLOC_TUNING": "1"})
     assert r["malloc_tuned"] is False and len(r["times"]) == 1
+
+
+def test_both_runners_get_the_same_input_batch():
+    from bench.nets import INPUTS, NETS, input_batch
+    assert INPUTS == ("random", "constant")
+    for name in NETS:
+        x = input_batch(name, 2)
+        assert x.dtype.name == "float32" and x.shape[0] == 2
+        assert (x >= 0).all() and (x < 1).all() and x.std() > 0.2  # uniform [0, 1)
+        assert (input_batch(name, 2) == x).all()  # the same values in every process
+        assert (input_batch(name, 2, "constant") == 0.5).all()
+
+
+@pytest.mark.parametrize("kind", ["random", "constant"])
+def test_protonet_runner_takes_the_input_kind(kind):
+    from bench.__main__ import run
+    r = run("run_protonet", ["lenet", 1, 1, kind], 1)
+    assert len(r["times"]) == 1
