@@ -420,13 +420,10 @@ class ConvolutionLayer(Layer):
                     return
                 col = self._part_columns(k, s, x4)
                 n = s.stop - s.start
-                if n == 1:  # (G, O/G, K) @ (G, K, P) straight into the top
-                    np.matmul(w, col, out=y[s.start].reshape(G, O // G, P))
-                else:  # (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P), then (O, n, P) -> (n, O, P)
-                    out = _buffer(self._buf, f"out{k}", (O, n * P), y.dtype).reshape(
-                        G, O // G, n * P)
-                    np.matmul(w, col, out=out)
-                    y[s] = out.reshape(O, n, P).transpose(1, 0, 2)
+                # image by image, straight into the top: (n, G, O/G, P) =
+                # (G, O/G, K) @ (n, G, K, P), the columns (G, K, n*P) seen per image
+                np.matmul(w, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
+                          out=y[s].reshape(n, G, O // G, P))
                 if bias is not None:
                     y[s] += bias
             parallel.run(work, parts)
