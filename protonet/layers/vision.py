@@ -295,8 +295,13 @@ class ConvolutionLayer(Layer):
             frame = self._frame(k, "xpad", x, self.pad)
         return windows_channels_last(frame, self.kernel, self.stride, self.dilation, self.out_hw)
 
-    def _backward_channels_last(self, k, s, x4, dy, dx, down, cached, want_w, want_b, slabs):
-        """One part's gradients, channels-last: returns ``(dW (O, C, kh, kw), db (O,))``."""
+    def _backward_channels_last(self, k, s, x4, dy, dx, down, cached, want_w, want_b, w_data):
+        """One part's gradients, channels-last: returns ``(dW (O, C, kh, kw), db (O,))``.
+
+        ``w_data`` are the weights backward-data needs (made once, before the
+        parts run): the flipped weight columns when :attr:`_full_pad` applies,
+        else the per-tap slabs.
+        """
         N, C, O = self.num, self.channels, self.num_output
         (kh, kw), n = self.kernel, s.stop - s.start
         dy4 = dy.reshape((N, O) + self.out_hw)
@@ -305,7 +310,7 @@ class ConvolutionLayer(Layer):
         if pad is not None:  # one unfold of dy serves dx and dW
             windows = windows_channels_last(self._frame(k, "dypad", dy4[s], pad),
                                             self.kernel, (1, 1), self.dilation, self.in_hw)
-            d_w = self._backward_data_tiles(k, windows, x4[s] if want_w else None,
+            d_w = self._backward_data_tiles(k, windows, w_data, x4[s] if want_w else None,
                                             dx[s].reshape(n, C, -1))
             # dW[o, c, i, j] = (the flipped kernel's gradient)[c, kh-1-i, kw-1-j, o]
             return (None if d_w is None else
@@ -313,7 +318,7 @@ class ConvolutionLayer(Layer):
         d_w = self._weight_gradient_tiles(k, self._input_windows(k, x4[s], cached), dy[s]
                                           ) if want_w else None
         if down:
-            self._fold_slabs(k, s, dy, slabs, dx)
+            self._fold_slabs(k, s, dy, w_data, dx)
         return d_w, d_b
 
     def _weight_gradient_tiles(self, k: int, windows: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -335,12 +340,13 @@ class ConvolutionLayer(Layer):
             d_w += rows.reshape(m * P, O).T @ col.reshape(m * P, K)
         return d_w.reshape((O,) + self.kernel + (C,)).transpose(0, 3, 1, 2)
 
-    def _backward_data_tiles(self, k: int, windows: np.ndarray, x: np.ndarray | None,
-                             dx: np.ndarray) -> np.ndarray | None:
+    def _backward_data_tiles(self, k: int, windows: np.ndarray, w_cols: np.ndarray,
+                             x: np.ndarray | None, dx: np.ndarray) -> np.ndarray | None:
         """Backward-data as the stride-1 convolution of the padded top diff (:attr:`_full_pad`).
 
         ``windows`` ``(n, H, W, kh, kw, O)`` unfold the padded top diff;
-        per tile, its columns ``(t*H*W, kh*kw*O)`` @ the flipped weights give
+        per tile, its columns ``(t*H*W, kh*kw*O)`` @ the flipped weights
+        ``w_cols`` (:meth:`_flipped_weight_columns`) give
         ``dx`` ``(n, C, H*W)``. If ``x`` (the bottom, ``(n, C, H, W)``) is given,
         the same columns give the weight gradient too: ``x`` rows^T
         ``(C, t*H*W)`` @ columns, returned as ``(C, kh*kw*O)`` in flipped-kernel
@@ -348,7 +354,6 @@ class ConvolutionLayer(Layer):
         """
         n, H, W = windows.shape[:3]
         P, C = H * W, self.channels
-        w_cols = self._flipped_weight_columns()
         K = w_cols.shape[0]
         d_w = None if x is None else np.zeros((C, K), dx.dtype)
         for t in self._tiles(n, P * K * dx.itemsize):
@@ -447,13 +452,15 @@ class ConvolutionLayer(Layer):
             dx = b.diff.reshape((N, C) + self.in_hw)
             dy = t.diff.reshape(N, O, P)
             d_w, d_b = [None] * len(parts), [None] * len(parts)
-            slabs = (self._weight_slabs() if propagate_down[i] and self._channels_last
-                     and self._full_pad is None else None)
+            w_data = None
+            if propagate_down[i] and self._channels_last:
+                w_data = (self._weight_slabs() if self._full_pad is None
+                          else self._flipped_weight_columns())
 
             def work(k, s, x4=x4, dx=dx, dy=dy, down=propagate_down[i], cached=cached):
                 if self._channels_last:
                     d_w[k], d_b[k] = self._backward_channels_last(
-                        k, s, x4, dy, dx, down, cached, want_w, want_b, slabs)
+                        k, s, x4, dy, dx, down, cached, want_w, want_b, w_data)
                     return
                 n = s.stop - s.start
                 if n == 1:
