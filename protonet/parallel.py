@@ -83,9 +83,21 @@ def chunks(n: int, parts: int) -> list[slice]:
     return [slice(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-#: bytes of one tile of work that passes over its data many times (pooling's taps): about
-#: what stays in cache; such work runs several times faster tile by tile
+#: bytes of one tile of work that passes over its data several times (pooling's taps, a
+#: convolution's columns copied and then multiplied): about what stays in cache; such work
+#: runs much faster tile by tile
 TILE_BYTES = 1 << 22
+
+
+def tile_items(item_bytes: int) -> int:
+    """How many items of ``item_bytes`` make a tile of about :data:`TILE_BYTES` (at least 1)."""
+    return max(1, TILE_BYTES // item_bytes)
+
+
+def tiles(s: slice, item_bytes: int) -> list[slice]:
+    """``s`` cut into consecutive tiles of :func:`tile_items` items (the last may be short)."""
+    step = tile_items(item_bytes)
+    return [slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)]
 
 
 def split(n: int, items: int) -> list[slice]:
@@ -198,6 +210,8 @@ def _inside(fn, k, s):
 
 _BLAS_NAMES = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads",
                "openblas{}_num_threads64_", "openblas{}_num_threads")
+
+
 @functools.cache
 def _blas():
     """``(get, set)`` for the thread count of the OpenBLAS numpy uses, or None."""

@@ -30,6 +30,16 @@ def test_chunks_cover_the_range_evenly():
         assert len(slices) == min(n, parts) and max(sizes) - min(sizes) <= 1
 
 
+def test_tiles_cut_a_slice_into_cache_sized_runs(monkeypatch):
+    monkeypatch.setattr(parallel, "TILE_BYTES", 1000)
+    assert parallel.tile_items(300) == 3 and parallel.tile_items(5000) == 1
+    for s, item_bytes in ((slice(2, 12), 300), (slice(0, 4), 5000), (slice(5, 6), 1)):
+        tiles = parallel.tiles(s, item_bytes)
+        covered = np.concatenate([np.arange(20)[t] for t in tiles])
+        assert covered.tolist() == list(range(s.start, s.stop))
+        assert all(0 < t.stop - t.start <= parallel.tile_items(item_bytes) for t in tiles)
+
+
 def test_thread_count_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("PROTONET_NUM_THREADS", "3")
     parallel.set_num_threads(None)
@@ -138,7 +148,8 @@ def test_split_layers_give_the_serial_numbers(type_, params, shape, n, threads, 
 
 
 @needs_blas_control
-@pytest.mark.parametrize("type_, params, shape", [LAYERS[1], LAYERS[3], LAYERS[4], LAYERS[5], LAYERS[9]])
+@pytest.mark.parametrize("type_, params, shape",
+                         [LAYERS[1], LAYERS[3], LAYERS[4], LAYERS[5], LAYERS[9]])
 def test_split_layers_pass_the_gradient_check(type_, params, shape, threads):
     threads(2)
     layer = make_layer(f'type: "{type_}" {params}', dtype=np.float64)

@@ -190,7 +190,7 @@ class ConvolutionLayer(Layer):
                        dtype)
 
     def _part_columns(self, k: int, s: slice, x4: np.ndarray) -> np.ndarray:
-        """Columns of the images ``x4[s]`` as ``(G, C/G*kh*kw, n*Ho*Wo)`` in part ``k``'s buffer."""
+        """Columns of the images ``x4[s]``, ``(G, C/G*kh*kw, n*Ho*Wo)``, in part ``k``'s buffer."""
         C, G = self.channels, self.group
         H, W = self.in_hw
         Ho, Wo = self.out_hw
@@ -259,34 +259,39 @@ class ConvolutionLayer(Layer):
         frame = _buffer(self._buf, f"{key}{k}", (n, H + 2 * pad[0], W + 2 * pad[1], C), x.dtype)
         return pad_channels_last(x, pad, frame)
 
-    @staticmethod
-    def _tiles(n: int, image_bytes: int) -> list[slice]:
-        """``range(n)`` in tiles whose columns take about ``parallel.TILE_BYTES``."""
-        step = max(1, parallel.TILE_BYTES // image_bytes)
-        return [slice(a, min(a + step, n)) for a in range(0, n, step)]
-
     def _convolve_tiles(self, k: int, windows: np.ndarray, w_cols: np.ndarray,
-                        out: np.ndarray, bias: np.ndarray | None = None) -> None:
+                        out: np.ndarray, bias: np.ndarray | None = None,
+                        x: np.ndarray | None = None) -> np.ndarray | None:
         """``out (n, Cout, Ho*Wo)`` = windows ``(n, Ho, Wo, kh, kw, Cin)`` @ ``w_cols (K, Cout)``.
 
-        Tile by tile: the tile's windows are copied into part ``k``'s column
-        buffer ``(t*Ho*Wo, K)``, multiplied into rows ``(t*Ho*Wo, Cout)``, and
-        the rows transposed into ``out``.
+        Tile by tile (:func:`protonet.parallel.tiles`): the tile's windows are
+        copied into part ``k``'s column buffer ``(t*Ho*Wo, K)``, multiplied
+        into rows ``(t*Ho*Wo, Cout)``, and the rows transposed into ``out``.
+        Given ``x`` (shaped like ``out``), the same columns also give
+        ``x`` rows^T ``(Cout, t*Ho*Wo)`` @ columns, summed over the tiles and
+        returned as ``(Cout, K)``: backward-data's columns of the top diff
+        (:attr:`_full_pad`) then yield the weight gradient too.
         """
         n, Ho, Wo = windows.shape[:3]
         P, (K, O) = Ho * Wo, w_cols.shape
-        for t in self._tiles(n, P * K * out.itemsize):
+        product = None if x is None else np.zeros((O, K), out.dtype)
+        for t in parallel.tiles(slice(0, n), P * K * out.itemsize):
             m = t.stop - t.start
             col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], out.dtype)
             col[...] = windows[t]
+            col = col.reshape(m * P, K)
             rows = _buffer(self._buf, f"out{k}", (m * P, O), out.dtype)
-            np.matmul(col.reshape(m * P, K), w_cols, out=rows)
+            if x is not None:
+                rows.reshape(m, P, O)[...] = x[t].reshape(m, O, P).transpose(0, 2, 1)
+                product += rows.T @ col
+            np.matmul(col, w_cols, out=rows)
             if bias is not None:
                 rows += bias
             out[t] = rows.reshape(m, P, O).transpose(0, 2, 1)
+        return product
 
     def _input_windows(self, k: int, x: np.ndarray, cached: bool = False) -> np.ndarray:
-        """Convolution windows of the images ``x`` (part ``k``), from its kept frame if ``cached``."""
+        """Convolution windows of the images ``x`` (part ``k``); from its kept frame if cached."""
         if cached:
             n, C, H, W = x.shape
             shape = (n, H + 2 * self.pad[0], W + 2 * self.pad[1], C)
@@ -303,72 +308,44 @@ class ConvolutionLayer(Layer):
         else the per-tap slabs.
         """
         N, C, O = self.num, self.channels, self.num_output
-        (kh, kw), n = self.kernel, s.stop - s.start
-        dy4 = dy.reshape((N, O) + self.out_hw)
+        (kh, kw), n, P = self.kernel, s.stop - s.start, self.out_hw[0] * self.out_hw[1]
         d_b = dy[s].sum(axis=(0, 2)) if want_b else None
         pad = self._full_pad if down else None
         if pad is not None:  # one unfold of dy serves dx and dW
+            dy4 = dy.reshape((N, O) + self.out_hw)
             windows = windows_channels_last(self._frame(k, "dypad", dy4[s], pad),
                                             self.kernel, (1, 1), self.dilation, self.in_hw)
-            d_w = self._backward_data_tiles(k, windows, w_data, x4[s] if want_w else None,
-                                            dx[s].reshape(n, C, -1))
+            d_w = self._convolve_tiles(k, windows, w_data, dx[s].reshape(n, C, -1),
+                                       x=x4[s] if want_w else None)
             # dW[o, c, i, j] = (the flipped kernel's gradient)[c, kh-1-i, kw-1-j, o]
             return (None if d_w is None else
                     d_w.reshape(C, kh, kw, O)[:, ::-1, ::-1].transpose(3, 0, 1, 2)), d_b
-        d_w = self._weight_gradient_tiles(k, self._input_windows(k, x4[s], cached), dy[s]
-                                          ) if want_w else None
+        if not (want_w or down):
+            return None, d_b
+        rows = _buffer(self._buf, f"out{k}", (n, P, O), dy.dtype)  # dy rows, for dW and dx
+        rows[...] = dy[s].transpose(0, 2, 1)
+        d_w = (self._weight_gradient_tiles(k, self._input_windows(k, x4[s], cached), rows)
+               if want_w else None)
         if down:
-            self._fold_slabs(k, s, dy, w_data, dx)
+            self._fold_slabs(k, rows, w_data, dx[s])
         return d_w, d_b
 
-    def _weight_gradient_tiles(self, k: int, windows: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    def _weight_gradient_tiles(self, k: int, windows: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """dW ``(O, C, kh, kw)`` = sum over tiles of dy rows^T @ the tile's input columns.
 
-        ``windows`` are the input windows ``(n, Ho, Wo, kh, kw, C)`` and ``dy``
-        the matching top diff ``(n, O, Ho*Wo)``.
+        ``windows`` are the input windows ``(n, Ho, Wo, kh, kw, C)`` and
+        ``rows`` the matching top diff, channels-last ``(n, Ho*Wo, O)``.
         """
-        n, Ho, Wo = windows.shape[:3]
-        P, (O, C) = Ho * Wo, (dy.shape[1], self.channels)
+        n, P, O = rows.shape
+        C = self.channels
         K = C * self.kernel[0] * self.kernel[1]
-        d_w = np.zeros((O, K), dy.dtype)
-        for t in self._tiles(n, P * K * dy.itemsize):
+        d_w = np.zeros((O, K), rows.dtype)
+        for t in parallel.tiles(slice(0, n), P * K * rows.itemsize):
             m = t.stop - t.start
-            rows = _buffer(self._buf, f"out{k}", (m, P, O), dy.dtype)
-            rows[...] = dy[t].transpose(0, 2, 1)
-            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], dy.dtype)
+            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], rows.dtype)
             col[...] = windows[t]
-            d_w += rows.reshape(m * P, O).T @ col.reshape(m * P, K)
+            d_w += rows[t].reshape(m * P, O).T @ col.reshape(m * P, K)
         return d_w.reshape((O,) + self.kernel + (C,)).transpose(0, 3, 1, 2)
-
-    def _backward_data_tiles(self, k: int, windows: np.ndarray, w_cols: np.ndarray,
-                             x: np.ndarray | None, dx: np.ndarray) -> np.ndarray | None:
-        """Backward-data as the stride-1 convolution of the padded top diff (:attr:`_full_pad`).
-
-        ``windows`` ``(n, H, W, kh, kw, O)`` unfold the padded top diff;
-        per tile, its columns ``(t*H*W, kh*kw*O)`` @ the flipped weights
-        ``w_cols`` (:meth:`_flipped_weight_columns`) give
-        ``dx`` ``(n, C, H*W)``. If ``x`` (the bottom, ``(n, C, H, W)``) is given,
-        the same columns give the weight gradient too: ``x`` rows^T
-        ``(C, t*H*W)`` @ columns, returned as ``(C, kh*kw*O)`` in flipped-kernel
-        order.
-        """
-        n, H, W = windows.shape[:3]
-        P, C = H * W, self.channels
-        K = w_cols.shape[0]
-        d_w = None if x is None else np.zeros((C, K), dx.dtype)
-        for t in self._tiles(n, P * K * dx.itemsize):
-            m = t.stop - t.start
-            col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], dx.dtype)
-            col[...] = windows[t]
-            col = col.reshape(m * P, K)
-            rows = _buffer(self._buf, f"out{k}", (m, P, C), dx.dtype)
-            if x is not None:
-                rows[...] = x[t].reshape(m, C, P).transpose(0, 2, 1)
-                d_w += rows.reshape(m * P, C).T @ col
-            np.matmul(col, w_cols, out=rows.reshape(m * P, C))
-            dx[t] = rows.transpose(0, 2, 1)
-        return d_w
-
 
     def _weight_slabs(self) -> np.ndarray:
         """Weights as ``(kh*kw, O, C)``, one ``(O, C)`` matrix per kernel tap (a copy)."""
@@ -377,41 +354,38 @@ class ConvolutionLayer(Layer):
                        self.blobs[0].data.dtype, copy_of=self.blobs[0].data.reshape(
                            O, C, -1).transpose(2, 0, 1))
 
-    def _fold_slabs(self, k: int, s: slice, dy: np.ndarray, slabs: np.ndarray,
-                    dx: np.ndarray) -> None:
-        """Bottom diff of images ``s``, channels-last, when :attr:`_full_pad` does not apply.
+    def _fold_slabs(self, k: int, rows: np.ndarray, slabs: np.ndarray, dx: np.ndarray) -> None:
+        """Bottom diff ``dx`` ``(n, C, H, W)``, channels-last, where :attr:`_full_pad` is None.
 
         One batched matmul gives, per kernel tap, a contiguous slab
-        ``(n*Ho*Wo, C)`` = dy rows ``(n*Ho*Wo, O)`` @ ``W_tap (O, C)``; each
-        slab is added into a padded channels-last frame ``(n, Hf, Wf, C)`` at
-        its tap offset (runs of ``C`` contiguous floats), and the frame's
+        ``(n*Ho*Wo, C)`` = dy ``rows`` ``(n, Ho*Wo, O)`` @ ``W_tap (O, C)``;
+        each slab is added into a padded channels-last frame ``(n, Hf, Wf, C)``
+        at its tap offset (runs of ``C`` contiguous floats), and the frame's
         interior is transposed into ``dx``.
         """
-        n = s.stop - s.start
-        C, O = self.channels, self.num_output
+        n, _, O = rows.shape
+        C = self.channels
         (H, W), (Ho, Wo), (kh, kw) = self.in_hw, self.out_hw, self.kernel
         (ph, pw), (sh, sw), (dh, dw) = self.pad, self.stride, self.dilation
-        rows = _buffer(self._buf, f"out{k}", (n, Ho * Wo, O), dy.dtype)
-        rows[...] = dy[s].transpose(0, 2, 1)
-        slab = _buffer(self._buf, f"col{k}", (kh * kw, n * Ho * Wo, C), dy.dtype)
+        slab = _buffer(self._buf, f"col{k}", (kh * kw, n * Ho * Wo, C), rows.dtype)
         np.matmul(rows.reshape(-1, O), slabs, out=slab)
         frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + dh * (kh - 1) + 1),
                     max(W + 2 * pw, (Wo - 1) * sw + dw * (kw - 1) + 1))
-        frame = _buffer(self._buf, f"dframe{k}", (n,) + frame_hw + (C,), dy.dtype)
+        frame = _buffer(self._buf, f"dframe{k}", (n,) + frame_hw + (C,), rows.dtype)
         frame[...] = 0
         for t in range(kh * kw):
             i, j = divmod(t, kw)
             target = frame[:, i * dh:i * dh + (Ho - 1) * sh + 1:sh,
                            j * dw:j * dw + (Wo - 1) * sw + 1:sw]
             target += slab[t].reshape(n, Ho, Wo, C)
-        dx[s] = frame[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+        dx[...] = frame[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
 
     # -- passes -----------------------------------------------------------------
     def forward(self, bottom, top):
         N, C, O, G = self.num, self.channels, self.num_output, self.group
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
-        bias = self.blobs[1].data[:, None] if self.bias_term else None
+        bias = self.blobs[1].data if self.bias_term else None
         parts = self._parts()
         w_cols = self._weight_columns() if self._channels_last else None
         for i, (b, t) in enumerate(zip(bottom, top)):
@@ -420,8 +394,7 @@ class ConvolutionLayer(Layer):
 
             def work(k, s, x4=x4, y=y):
                 if w_cols is not None:
-                    self._convolve_tiles(k, self._input_windows(k, x4[s]), w_cols, y[s],
-                                         None if bias is None else bias[:, 0])
+                    self._convolve_tiles(k, self._input_windows(k, x4[s]), w_cols, y[s], bias)
                     return
                 col = self._part_columns(k, s, x4)
                 n = s.stop - s.start
@@ -430,7 +403,7 @@ class ConvolutionLayer(Layer):
                 np.matmul(w, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
                           out=y[s].reshape(n, G, O // G, P))
                 if bias is not None:
-                    y[s] += bias
+                    y[s] += bias[:, None]
             parallel.run(work, parts)
             self._col_of, self._col_parts = i, parts
             self._buf["owner"] = self._token
@@ -623,7 +596,7 @@ class PoolingLayer(Layer):
         if not self.framed or self.single:
             return x[s]
         n = s.stop - s.start
-        capacity = max(n, self._tile_images())
+        capacity = max(n, parallel.tile_items(self._image_bytes()))
         frame = _buffer(self._buf, f"frame{fill}{key}", (capacity, x.shape[1]) + self.frame,
                         x.dtype, fill)[:n]
         (H, W), (ph, pw) = self.in_hw, self.pad
@@ -633,14 +606,13 @@ class PoolingLayer(Layer):
     def _parts(self, x: np.ndarray) -> list[slice]:
         return parallel.split(x.shape[0], x.size * len(self._taps))
 
-    def _tile_images(self) -> int:
-        """Images per tile: a cache-sized group (the taps pass over each image many times)."""
-        frame_bytes = self.channels * self.frame[0] * self.frame[1] * np.dtype(self.dtype).itemsize
-        return max(1, parallel.TILE_BYTES // (2 * frame_bytes))
+    def _image_bytes(self) -> int:
+        """Bytes a tile takes per image: its frame and as much scratch (the taps pass over
+        each image many times, so tiles are cache-sized, :func:`protonet.parallel.tiles`)."""
+        return 2 * self.channels * self.frame[0] * self.frame[1] * np.dtype(self.dtype).itemsize
 
     def _tiles(self, s: slice) -> list[slice]:
-        step = self._tile_images()
-        return [slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)]
+        return parallel.tiles(s, self._image_bytes())
 
     def flat_index(self) -> np.ndarray:
         """The selected cells as Caffe's mask: ``h*W + w`` in the input channel, -1 for none."""
