@@ -41,22 +41,19 @@ def caffenet(torch):
         nn.Linear(4096, 1000), nn.Softmax(dim=1))
 
 
-#: name -> (model builder, input shape per image, forward-only?)
-MODELS = {"lenet": (lenet, (1, 28, 28), False),
-          "cifar10_quick": (cifar10_quick, (3, 32, 32), False),
-          "caffenet": (caffenet, (3, 227, 227), True)}
+#: name -> model builder (input shapes and forward-only flags: bench.nets)
+MODELS = {"lenet": lenet, "cifar10_quick": cifar10_quick, "caffenet": caffenet}
 
 
 def main(name: str, batch: int, iterations: int, threads: int,
          input_kind: str = "random") -> None:
     import torch
     sys.path.insert(0, ".")
-    from bench.nets import input_batch
+    from bench.nets import NETS, input_batch
     torch.set_num_threads(threads)
-    build, shape, forward_only = MODELS[name]
-    model = build(torch)
+    model = MODELS[name](torch)
+    forward_only = NETS[name][2]
     x = torch.from_numpy(input_batch(name, batch, input_kind))
-    assert tuple(x.shape[1:]) == shape
     y = torch.full((batch,), 3, dtype=torch.long)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = torch.nn.CrossEntropyLoss()
