@@ -8,9 +8,11 @@ row, then kernel column) are Caffe's im2col rows, and its columns are
     (O, C*kh*kw) @ (C*kh*kw, N*Ho*Wo) -> (O, N*Ho*Wo)
 
 and grouped convolution splits the rows into ``group`` equal blocks.
-im2col/col2im loop only over the ``kh*kw`` kernel taps; each tap is one
-strided slice. Padding is never materialised: cells of a tap that fall in
-the padding are zeros in the column buffer (im2col) or ignored (col2im).
+im2col is one copy of a strided view of the image (first padded into a
+zero-bordered frame when there is padding): a single numpy call, so that
+threads unfolding parts of a batch are not held up by per-tap Python work
+under the GIL. col2im loops over the ``kh*kw`` kernel taps, each one strided
+slice; cells of a tap that fall in the padding are ignored.
 
 For many channels the convolution layer unfolds channels-last instead: the
 image padded into an ``(N, Hp, Wp, C)`` frame, whose windows are one strided
@@ -73,13 +75,15 @@ def _taps(shape, kernel, pad, stride, dilation, out_hw):
 
 
 def im2col(x: np.ndarray, kernel, pad=(0, 0), stride=(1, 1), dilation=(1, 1),
-           out: np.ndarray | None = None) -> np.ndarray:
+           out: np.ndarray | None = None, frame: np.ndarray | None = None) -> np.ndarray:
     """Unfold ``x`` of shape ``(N, C, H, W)`` into columns ``(C, kh, kw, N, Ho, Wo)``.
 
     ``col[c, i, j, n, oh, ow] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]``,
     zero where that index falls outside the image. ``kernel``, ``pad``,
     ``stride`` and ``dilation`` are ``(h, w)`` pairs. ``out``, if given, must be
     a C-contiguous array of the result's shape and dtype; it is overwritten.
+    ``frame``, if given, is scratch of shape ``(N, C, H+2*ph, W+2*pw)`` for the
+    padded image (unused without padding).
     """
     N, C, H, W = x.shape
     Ho = conv_out_size(H, kernel[0], pad[0], stride[0], dilation[0])
@@ -89,18 +93,36 @@ def im2col(x: np.ndarray, kernel, pad=(0, 0), stride=(1, 1), dilation=(1, 1),
         out = np.empty(shape, x.dtype)
     elif out.shape != shape:
         raise ValueError(f"im2col: out has shape {out.shape}, expected {shape}")
-    xt = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view
-    for i, j, (oh0, oh1), (ow0, ow1), hs, ws in _taps((H, W), kernel, pad, stride, dilation,
-                                                       (Ho, Wo)):
-        dst = out[:, i, j]
-        if oh1 > oh0 and ow1 > ow0:
-            dst[:, :, oh0:oh1, ow0:ow1] = xt[:, :, hs, ws]
-        # the tap's cells that read padding
-        dst[:, :, :oh0] = 0
-        dst[:, :, oh1:] = 0
-        dst[:, :, oh0:oh1, :ow0] = 0
-        dst[:, :, oh0:oh1, ow1:] = 0
+    if tuple(pad) != (0, 0):
+        x = pad_image(x, pad, frame)
+    sn, sc, sh, sw = x.strides
+    out[...] = np.lib.stride_tricks.as_strided(
+        x, shape, (sc, sh * dilation[0], sw * dilation[1], sn, sh * stride[0], sw * stride[1]),
+        writeable=False)
     return out
+
+
+def pad_image(x: np.ndarray, pad, out: np.ndarray | None = None) -> np.ndarray:
+    """``x`` ``(N, C, H, W)`` copied into ``out`` ``(N, C, H+2*ph, W+2*pw)`` with a zero border."""
+    (ph, pw), (N, C, H, W) = pad, x.shape
+    shape = (N, C, H + 2 * ph, W + 2 * pw)
+    if out is None:
+        out = np.empty(shape, x.dtype)
+    elif out.shape != shape:
+        raise ValueError(f"pad_image: out has shape {out.shape}, expected {shape}")
+    _zero_border(out, pad, (H, W))
+    out[:, :, ph:ph + H, pw:pw + W] = x
+    return out
+
+
+def _zero_border(frame: np.ndarray, pad, hw) -> None:
+    """Zero the ``pad`` border around the ``hw`` interior of ``frame`` ``(N, C, Hp, Wp)``
+    (any strides: a channels-last frame seen as NCHW)."""
+    (ph, pw), (H, W) = pad, hw
+    frame[:, :, :ph] = 0
+    frame[:, :, ph + H:] = 0
+    frame[:, :, ph:ph + H, :pw] = 0
+    frame[:, :, ph:ph + H, pw + W:] = 0
 
 
 def col2im(col: np.ndarray, x_shape, kernel, pad=(0, 0), stride=(1, 1), dilation=(1, 1),
@@ -134,10 +156,7 @@ def pad_channels_last(x: np.ndarray, pad, out: np.ndarray) -> np.ndarray:
     (ph, pw), (H, W) = pad, x.shape[2:]
     if out.shape != (x.shape[0], H + 2 * ph, W + 2 * pw, x.shape[1]):
         raise ValueError(f"pad_channels_last: out has shape {out.shape}")
-    out[:, :ph] = 0
-    out[:, ph + H:] = 0
-    out[:, ph:ph + H, :pw] = 0
-    out[:, ph:ph + H, pw + W:] = 0
+    _zero_border(out.transpose(0, 3, 1, 2), pad, (H, W))
     out[:, ph:ph + H, pw:pw + W] = x.transpose(0, 2, 3, 1)
     return out
 

@@ -23,6 +23,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 MIN_ITEMS = 1 << 17  # elements of work below which a part does not pay for its thread
 DEFAULT_MAX_THREADS = 8  # without a setting, use at most this many (parts get too small)
 _ENV = ("PROTONET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -140,6 +142,26 @@ def run(fn, parts: list[slice]) -> None:
     finally:
         if before != 1:
             set_threads(before)
+
+
+#: numpy's matmul keeps the GIL through products of at most this many elements
+MATMUL_GIL_MAX = 500
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for ``(G, m, k) @ (G, k, n)`` or 2-D operands, releasing the GIL.
+
+    numpy's matmul deems a product of at most :data:`MATMUL_GIL_MAX` elements
+    too small to release the GIL for, however long its inner dimension: a
+    convolution's weight gradient ``(O, K)`` summed over a part's
+    ``n*Ho*Wo`` positions would then hold up the other parts for its whole
+    GEMM. ``np.dot`` releases it; such products go through it, matrix by matrix.
+    """
+    if a.shape[-2] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1) > MATMUL_GIL_MAX:
+        return np.matmul(a, b)
+    if a.ndim == 2:
+        return np.dot(a, b)
+    return np.stack([np.dot(a[g], b[g]) for g in range(a.shape[0])])
 
 
 _held = [0, None]  # nesting depth of blas_held(), BLAS thread count to restore

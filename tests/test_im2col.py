@@ -69,9 +69,17 @@ def test_im2col_matches_definition(shape, kernel, pad, stride, dilation):
     np.testing.assert_array_equal(im2col(x, kernel, pad, stride, dilation), expected)
     # a reused buffer holding garbage is fully overwritten
     out = np.full(expected.shape, np.nan, np.float32)
-    im2col(x, kernel, pad, stride, dilation, out=out)
+    N, C, H, W = shape
+    frame = np.full((N, C, H + 2 * pad[0], W + 2 * pad[1]), np.nan, np.float32)
+    im2col(x, kernel, pad, stride, dilation, out=out, frame=frame)
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == np.float32
+    # a strided image (a slice of a batch along H) unfolds the same
+    wide = np.concatenate([x, x[:, :, :1]], axis=2)
+    np.testing.assert_array_equal(im2col(wide[:, :, :H], kernel, pad, stride, dilation),
+                                  expected)
+    with pytest.raises(ValueError, match="out has shape"):
+        im2col(x, kernel, pad, stride, dilation, out=out[1:])
 
 
 @pytest.mark.parametrize("shape, kernel, pad, stride, dilation", GEOMETRIES)

@@ -40,6 +40,22 @@ def test_tiles_cut_a_slice_into_cache_sized_runs(monkeypatch):
         assert all(0 < t.stop - t.start <= parallel.tile_items(item_bytes) for t in tiles)
 
 
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((20, 300), (300, 25)),        # 500 elements: numpy's matmul would keep the GIL
+    ((3, 4, 50), (3, 50, 6)),      # a small stack, matrix by matrix
+    ((30, 40), (40, 20)),          # large enough for plain matmul
+    ((2, 20, 10), (2, 10, 30)),
+])
+def test_matmul_gives_numpys_product(a_shape, b_shape):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape[:-2] + a_shape[:-3:-1]).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    a = np.swapaxes(a, -1, -2)  # a transposed view, as the weight gradients pass
+    product = parallel.matmul(a, b)
+    assert product.shape == np.matmul(a, b).shape and product.dtype == np.float32
+    np.testing.assert_allclose(product, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+
+
 def test_thread_count_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("PROTONET_NUM_THREADS", "3")
     parallel.set_num_threads(None)
@@ -130,6 +146,7 @@ LAYERS = [
                      "bias_filler { type: 'gaussian' } }", (5, 3, 2, 2)),
     ("InnerProduct", "inner_product_param { num_output: 5 transpose: true "
                      "weight_filler { type: 'gaussian' } }", (4, 6)),
+    ("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", (4, 3, 6, 7)),  # disjoint
 ]
 
 

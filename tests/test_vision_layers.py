@@ -553,6 +553,11 @@ def test_convolution_channels_last_computes_only_what_is_asked(params):
     ("kernel_size: 1 stride: 2", (1, 2, 6, 5)),    # windows past the image select nothing
     ("kernel_size: 3 stride: 2", (2, 3, 9, 9)),    # overlapping windows may share a cell
     ("kernel_size: 3 stride: 1 pad: 2", (1, 2, 5, 4)),
+    # windows that never overlap are written tap by tap
+    ("kernel_size: 2 stride: 2", (2, 3, 6, 8)),    # they tile the image
+    ("kernel_size: 2 stride: 2", (2, 3, 7, 5)),    # the last ones hang over (a frame)
+    ("kernel_size: 2 stride: 3", (1, 2, 8, 7)),    # cells between windows get 0
+    ("kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 2 pad_h: 1 pad_w: 1", (2, 2, 7, 6)),
 ])
 def test_max_pooling_backward_routes_by_the_mask(params, shape):
     layer = pool_layer(f"pool: MAX {params}", top=2)
@@ -560,6 +565,7 @@ def test_max_pooling_backward_routes_by_the_mask(params, shape):
     bottom, top = setup_layer(layer, [x], num_top=2)
     layer.forward(bottom, top)
     dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
+    dy.flat[1] = np.nan  # reaches only the cell its window chose
     top[0].diff[...] = dy
     layer.backward(top, [True], bottom)
     expected = np.zeros(shape)
@@ -569,4 +575,5 @@ def test_max_pooling_backward_routes_by_the_mask(params, shape):
             expected[n, c].flat[mask[n, c, oh, ow]] += dy[n, c, oh, ow]
     if params.startswith("kernel_size: 1"):
         assert (mask < 0).any()  # the case really has empty windows
+    assert layer.disjoint == ("stride: 1" not in params and "kernel_size: 3" not in params)
     np.testing.assert_allclose(bottom[0].diff, expected, rtol=1e-6, atol=1e-6)

@@ -106,9 +106,9 @@ class InnerProductLayer(Layer):
 
         def param_grads(k, c):  # dW for outputs c: x^T @ dy[:, c]; db[c] += sum of dy[:, c]
             if params_down[0] and self.transpose:
-                dw[:, c] += x.T @ dy[:, c]
+                dw[:, c] += parallel.matmul(x.T, dy[:, c])
             elif params_down[0]:
-                dw[c] += dy[:, c].T @ x
+                dw[c] += parallel.matmul(dy[:, c].T, x)
             if db is not None:
                 db[c] += dy[:, c].sum(axis=0)
         if params_down[0] or db is not None:

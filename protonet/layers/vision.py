@@ -201,8 +201,16 @@ class ConvolutionLayer(Layer):
         if self.is_1x1:
             col.reshape(C, n, H * W)[...] = x4[s].reshape(n, C, H * W).transpose(1, 0, 2)
         else:
-            im2col(x4[s], self.kernel, self.pad, self.stride, self.dilation, out=col)
+            im2col(x4[s], self.kernel, self.pad, self.stride, self.dilation, out=col,
+                   frame=self._padded_buffer(f"xpad{k}", x4[s]))
         return col.reshape(G, -1, n * Ho * Wo)
+
+    def _padded_buffer(self, key: str, x: np.ndarray) -> np.ndarray | None:
+        """Scratch for ``x`` ``(n, C, H, W)`` padded by :attr:`pad` (None without padding)."""
+        if not any(self.pad):
+            return None
+        (n, C, H, W), (ph, pw) = x.shape, self.pad
+        return _buffer(self._buf, key, (n, C, H + 2 * ph, W + 2 * pw), x.dtype)
 
     def _weights(self) -> np.ndarray:
         """Weights as ``(G, O/G, C/G*kh*kw)`` (a view)."""
@@ -283,7 +291,7 @@ class ConvolutionLayer(Layer):
             rows = _buffer(self._buf, f"out{k}", (m * P, O), out.dtype)
             if x is not None:
                 rows.reshape(m, P, O)[...] = x[t].reshape(m, O, P).transpose(0, 2, 1)
-                product += rows.T @ col
+                product += parallel.matmul(rows.T, col)
             np.matmul(col, w_cols, out=rows)
             if bias is not None:
                 rows += bias
@@ -344,7 +352,7 @@ class ConvolutionLayer(Layer):
             m = t.stop - t.start
             col = _buffer(self._buf, f"col{k}", (m,) + windows.shape[1:], rows.dtype)
             col[...] = windows[t]
-            d_w += rows[t].reshape(m * P, O).T @ col.reshape(m * P, K)
+            d_w += parallel.matmul(rows[t].reshape(m * P, O).T, col.reshape(m * P, K))
         return d_w.reshape((O,) + self.kernel + (C,)).transpose(0, 3, 1, 2)
 
     def _weight_slabs(self) -> np.ndarray:
@@ -449,7 +457,7 @@ class ConvolutionLayer(Layer):
                            if cached and not (self.is_1x1 and n == 1)
                            else self._part_columns(k, s, x4))
                     # dW (G, O/G, K) = dy (G, O/G, n*P) @ col^T (G, n*P, K)
-                    d_w[k] = np.matmul(dyg, col.transpose(0, 2, 1))
+                    d_w[k] = parallel.matmul(dyg, col.transpose(0, 2, 1))
                 if not down:
                     return
                 if self.is_1x1 and n == 1:
@@ -574,6 +582,9 @@ class PoolingLayer(Layer):
         # padded frame: the image at offset pad, large enough for the last window
         self.frame = (max(H + ph, (Ho - 1) * sh + kh), max(W + pw, (Wo - 1) * sw + kw))
         self.framed = self.frame != in_hw
+        # each cell in at most one window: MAX backward writes taps instead of summing
+        self.disjoint = sh >= kh and sw >= kw
+        self.tiled = (sh, sw) == (kh, kw) and self.frame == (Ho * sh, Wo * sw)  # no cell left out
         self.single = out == (1, 1) and self.pad == (0, 0)  # one window = the whole image
         # tap k = i*kw + j reads frame rows i, i+sh, ... and columns j, j+sw, ...
         self._taps = [(Ellipsis, slice(i, i + (Ho - 1) * sh + 1, sh),
@@ -742,7 +753,8 @@ class PoolingLayer(Layer):
 
         def tile(part, s):
             if not average:
-                self._route_selected(part, index[s], dy[s], dx[s])
+                route = self._place_selected if self.disjoint else self._route_selected
+                route(part, index[s], dy[s], dx[s])
                 return
             dxp = (_buffer(self._buf, f"dframe{part}", dx[s].shape[:2] + self.frame, dx.dtype)
                    if self.framed else dx[s])
@@ -782,6 +794,30 @@ class PoolingLayer(Layer):
             weights = np.where(empty, 0, dy)
         dx.reshape(-1)[...] = np.bincount(flat.reshape(-1), weights.reshape(-1),
                                           minlength=dx.size)
+
+    def _place_selected(self, part: int, index: np.ndarray, dy: np.ndarray,
+                        dx: np.ndarray) -> None:
+        """:meth:`_route_selected` for windows that do not overlap (stride >= kernel).
+
+        Each cell then lies in at most one window, so tap ``k``'s cells are
+        written once, as a strided view: ``dy`` where the window chose ``k``,
+        else 0. The selection is a bitwise AND with an all-ones mask, which
+        (unlike multiplying by 0/1) keeps a NaN elsewhere in ``dy`` out of ``dx``.
+        """
+        (H, W), (ph, pw) = self.in_hw, self.pad
+        target = (_buffer(self._buf, f"dframe{part}", dx.shape[:2] + self.frame, dx.dtype)
+                  if self.framed else dx)
+        if not self.tiled:
+            target[...] = 0
+        bits = np.dtype(f"i{dy.itemsize}")
+        hit = _buffer(self._buf, f"hit{part}", dy.shape, bool)
+        keep = _buffer(self._buf, f"keep{part}", dy.shape, bits)
+        for k, tap in enumerate(self._taps):
+            np.equal(index, k, out=hit)
+            np.negative(hit.view(np.int8), out=keep, casting="unsafe")  # 0 or all ones
+            np.bitwise_and(dy.view(bits), keep, out=target[tap].view(bits))
+        if self.framed:
+            dx[...] = target[:, :, ph:ph + H, pw:pw + W]
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape
@@ -862,7 +898,7 @@ class DeconvolutionLayer(ConvolutionLayer):
             if not (want_w or propagate_down[i]):
                 continue
             col = im2col(dy, self.kernel, self.pad, self.stride, self.dilation,
-                         out=self._col_buffer(dy.dtype))
+                         out=self._col_buffer(dy.dtype), frame=self._padded_buffer("xpad", dy))
             col = col.reshape(G, -1, N * P)
             if want_w:
                 # dW (G, C/G, O/G*kh*kw) += x (G, C/G, N*P) @ col^T (G, N*P, O/G*kh*kw)
