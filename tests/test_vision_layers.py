@@ -278,6 +278,24 @@ def test_pooling_matches_caffes_loops(method, params, shape, out):
         np.testing.assert_array_equal(tops[1], mask)
 
 
+@pytest.mark.parametrize("params, shape, out", [
+    ("kernel_size: 2 stride: 2", (1, 2, 4, 6), (2, 3)),
+    ("kernel_size: 3 stride: 2", (1, 2, 7, 5), (3, 2)),
+])
+def test_max_pooling_skips_nan_and_minus_infinity_as_caffe(params, shape, out):
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan                # a window's first cell
+    x[0, 0, :2, 2:4] = np.nan             # a window of NaN only
+    x[0, 1, :2, :2] = -np.inf             # a window of -inf only
+    x[0, 1, 2, 3] = np.inf
+    layer = pool_layer(f"pool: MAX {params}", top=2)
+    y, mask = run_layer(layer, [x])
+    expected, expected_mask = caffe_pool(x.astype(np.float64), "MAX", tuple(layer.kernel),
+                                         layer.stride, layer.pad, out)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(mask, expected_mask)
+
+
 # -- Pooling against PyTorch (ceil_mode + count_include_pad agree with Caffe's rules) -------
 POOL_CASES = [
     ("kernel_size: 3 stride: 2", (2, 3, 7, 7)),

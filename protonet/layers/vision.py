@@ -671,23 +671,25 @@ class PoolingLayer(Layer):
             i, j = np.divmod(best[..., None], self.in_hw[1])
             index[...] = i * self.window[1] + j
         else:
-            y[...] = -np.inf
+            # the first tap against -inf: fmax turns a NaN into -inf, which any later
+            # value beats, as Caffe's '>' skips NaN
+            np.fmax(xp[self._taps[0]], -np.inf, out=y)
             index[...] = 0
             wide = index.dtype != np.int8
             # branch-free: as taps come in order, the last tap that beat the running maximum
             # is the largest k that did, so index = max(index, k * better)
-            for k, tap in enumerate(self._taps):
+            for k, tap in enumerate(self._taps[1:], 1):
                 np.copyto(v, xp[tap])  # one strided read, then contiguous work
                 np.greater(v, y, out=better)
-                np.fmax(y, v, out=y)  # fmax ignores NaN, as Caffe's '>' does
+                np.fmax(y, v, out=y)
                 if wide:
                     np.multiply(better, k, out=step)
                 else:
                     np.multiply(better.view(np.int8), np.int8(k), out=step)
                 np.maximum(index, step, out=index)
-        # windows without a value > -inf: Caffe leaves -FLT_MAX and index -1
-        empty = ~(y > -np.inf)
-        if empty.any():
+        # windows without a value > -inf (y never holds NaN): Caffe leaves -FLT_MAX, index -1
+        if y.size and y.min() == -np.inf:
+            empty = y == -np.inf
             y[empty] = -FLT_MAX
             index[empty] = -1
 
