@@ -6,7 +6,10 @@ inside its loops, so a layer cuts its batch into one part per thread and
 runs each part -- its copies and its own GEMMs -- in its own thread, with
 BLAS set to one thread meanwhile (two-thread BLAS workers spin between calls
 and would take the cores from the parts). On two cores this nearly halves
-the memory-bound work and keeps the GEMMs as fast.
+the memory-bound work and keeps the GEMMs as fast. The GIL is held between
+numpy calls, though, so a part should make few large calls rather than many
+small ones (im2col is one strided copy for that reason), and :func:`matmul`
+covers the small products for which numpy's matmul keeps the GIL.
 
 The thread count is ``PROTONET_NUM_THREADS`` if set, else the first of
 ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` that is
@@ -21,7 +24,6 @@ import contextlib
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -30,7 +32,6 @@ DEFAULT_MAX_THREADS = 8  # without a setting, use at most this many (parts get t
 _ENV = ("PROTONET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
 _threads: int | None = None
 
 
@@ -53,29 +54,87 @@ def num_threads() -> int:
 
 def set_num_threads(n: int | None) -> None:
     """Override the thread count (``None``: read the environment again)."""
-    global _threads, _pool
+    global _threads, _workers
     with _lock:
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
+        if _workers is not None:
+            for worker in _workers:
+                worker.stop()
+            _workers = None
         _threads = None if n is None else max(1, int(n))
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool
+class _Worker:
+    """A thread that runs one part at a time.
+
+    The part is handed over and reported back through two locks used as
+    binary semaphores: a layer hands its parts over several times per pass,
+    and this costs about half of an executor's futures.
+    """
+
+    def __init__(self, name: str):
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._job = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            if self._job is None:
+                return
+            fn, k, s = self._job
+            try:
+                _inside(fn, k, s)
+                self.error = None
+            except BaseException as e:  # handed to the caller of run()
+                self.error = e
+            self._done.release()
+
+    def start(self, fn, k: int, s: slice) -> None:
+        self._job = (fn, k, s)
+        self._go.release()
+
+    def wait(self) -> BaseException | None:
+        """Wait for the part; its exception, if it raised one."""
+        self._done.acquire()
+        return self.error
+
+    def stop(self) -> None:
+        self._job = None
+        self._go.release()
+        self._thread.join()
+
+
+_workers: list[_Worker] | None = None
+_busy = threading.Lock()  # held by the run() that has the workers
+
+
+def _get_workers() -> list[_Worker]:
+    global _workers
     with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="protonet")
-        return _pool
+        if _workers is None:
+            _workers = [_Worker(f"protonet-{k}") for k in range(1, max(2, num_threads()))]
+        return _workers
 
 
-def _forget_pool_in_child() -> None:  # a forked child has the pool object but not its threads
-    global _pool
-    _pool = None
+def _drop_workers() -> None:
+    """Forget the workers without waiting for them: each finishes its part, then idles
+    (a daemon thread) until the process ends."""
+    global _workers
+    with _lock:
+        _workers = None
+
+
+def _forget_workers_in_child() -> None:  # a forked child has the objects but not the threads
+    global _workers, _busy
+    _workers, _busy = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
+    os.register_at_fork(after_in_child=_forget_workers_in_child)
 
 
 def chunks(n: int, parts: int) -> list[slice]:
@@ -132,16 +191,40 @@ def run(fn, parts: list[slice]) -> None:
     if before != 1:
         set_threads(1)
     try:
-        futures = [_executor(max(1, num_threads() - 1)).submit(_inside, fn, k, s)
-                   for k, s in enumerate(parts) if k]
-        try:
-            _inside(fn, 0, parts[0])
-        finally:
-            for f in futures:
-                f.result()
+        _run_parts(fn, parts)
     finally:
         if before != 1:
             set_threads(before)
+
+
+def _run_parts(fn, parts: list[slice]) -> None:
+    """Parts 1.. on the workers, part 0 (and any beyond the workers) here; then raise the
+    first error. Without the workers (another thread's run() has them) all parts run here."""
+    if not _busy.acquire(blocking=False):
+        for k, s in enumerate(parts):
+            _inside(fn, k, s)
+        return
+    try:
+        started = list(zip(_get_workers(), range(1, len(parts))))
+        for worker, k in started:
+            worker.start(fn, k, parts[k])
+        errors = []
+        try:
+            for k in [0] + list(range(len(started) + 1, len(parts))):
+                _inside(fn, k, parts[k])
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            try:
+                errors += [worker.wait() for worker, _ in started]
+            except BaseException:  # interrupted while parts still run: new workers next time
+                _drop_workers()
+                raise
+    finally:
+        _busy.release()
+    errors = [e for e in errors if e is not None]
+    if errors:
+        raise errors[0]
 
 
 #: numpy's matmul keeps the GIL through products of at most this many elements
@@ -223,11 +306,12 @@ _local = threading.local()  # .inside: this thread runs a part
 
 
 def _inside(fn, k, s):
+    outer = getattr(_local, "inside", False)
     _local.inside = True
     try:
         fn(k, s)
     finally:
-        _local.inside = False
+        _local.inside = outer
 
 
 _BLAS_NAMES = ("scipy_openblas{}_num_threads64_", "scipy_openblas{}_num_threads",

@@ -1,4 +1,5 @@
 """Batch parts on threads: the split, the BLAS hold, and layers giving the same numbers."""
+import functools
 import threading
 
 import numpy as np
@@ -99,6 +100,44 @@ def test_parts_run_concurrently_and_errors_reach_the_caller(threads):
     with pytest.raises(ValueError, match="part 1 failed"):
         parallel.run(fail, parallel.split(10, 100))
     assert get_blas() == before
+    # the workers still serve after an error, and after an interrupted wait
+    parallel.run(work, parallel.split(10, 100))
+    assert seen[1][1].startswith("protonet")
+    wait = parallel._Worker.wait
+
+    def interrupted(self):
+        wait(self)
+        raise KeyboardInterrupt
+    parallel._Worker.wait = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            parallel.run(work, parallel.split(10, 100))
+    finally:
+        parallel._Worker.wait = wait
+    seen.clear()
+    parallel.run(work, parallel.split(10, 100))
+    assert sorted(seen) == [0, 1] and seen[1][1].startswith("protonet")
+
+
+@needs_blas_control
+def test_runs_from_several_threads_and_nested_runs_finish(threads):
+    """A run() while another holds the workers (another thread's, or one inside a part)
+    runs its parts on its own thread."""
+    threads(2)
+    outs = [np.zeros((4, 40)) for _ in range(3)]
+
+    def outer(out, k, s):
+        def inner(j, r):
+            out[s, r] += k + 1
+        parallel.run(inner, parallel.chunks(40, 2))
+    callers = [threading.Thread(target=parallel.run, args=(
+        functools.partial(outer, out), parallel.chunks(4, 2))) for out in outs]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    for out in outs:
+        np.testing.assert_array_equal(out, np.repeat([[1.0], [1.0], [2.0], [2.0]], 40, axis=1))
 
 
 @needs_blas_control
