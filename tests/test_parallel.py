@@ -186,7 +186,25 @@ LAYERS = [
     ("InnerProduct", "inner_product_param { num_output: 5 transpose: true "
                      "weight_filler { type: 'gaussian' } }", (4, 6)),
     ("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", (4, 3, 6, 7)),  # disjoint
+    ("ReLU", "", (5, 3, 4, 4)),
+    ("ReLU", "relu_param { negative_slope: 0.1 }", (5, 3, 4, 4)),
 ]
+
+
+@needs_blas_control
+@pytest.mark.parametrize("slope", [0.0, 0.25])
+def test_split_relu_in_place(slope, threads):
+    threads(3)
+    layer = make_layer(f'type: "ReLU" relu_param {{ negative_slope: {slope} }}')
+    x = np.random.default_rng(0).standard_normal((5, 7, 3)).astype(np.float32)
+    bottom, _ = setup_layer(layer, [x.copy()])
+    layer.reshape(bottom, bottom)
+    layer.forward(bottom, bottom)
+    np.testing.assert_array_equal(bottom[0].data, np.where(x > 0, x, np.float32(slope) * x))
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    bottom[0].diff[...] = dy
+    layer.backward(bottom, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, np.where(x > 0, dy, np.float32(slope) * dy))
 
 
 @needs_blas_control
@@ -231,26 +249,26 @@ def test_unsplit_work_gets_blas_threads_back_inside_a_net_pass(threads):
 
 @needs_blas_control
 def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
-    """Convolution splits its batch (BLAS at one thread inside); ReLU, which does not, runs
+    """Convolution splits its batch (BLAS at one thread inside); TanH, which does not, runs
     with BLAS's threads given back, as a Python layer's own GEMMs would."""
     from protonet.io import parse_net
-    from protonet.layers.neuron import ReLULayer
+    from protonet.layers.neuron import TanHLayer
     from protonet.net import Net
     threads(2)
     get_blas, set_blas = parallel._blas()
     seen = {}
-    relu_forward = ReLULayer.forward
+    tanh_forward = TanHLayer.forward
 
     def spy(self, bottom, top):
-        seen["relu"] = get_blas()
-        relu_forward(self, bottom, top)
-    monkeypatch.setattr(ReLULayer, "forward", spy)
+        seen["tanh"] = get_blas()
+        tanh_forward(self, bottom, top)
+    monkeypatch.setattr(TanHLayer, "forward", spy)
     net = Net(parse_net("""
         layer { name: "x" type: "DummyData" top: "x"
           dummy_data_param { shape { dim: 4 dim: 2 dim: 5 dim: 5 } } }
         layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
           convolution_param { num_output: 3 kernel_size: 3 } }
-        layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }"""), 1)
+        layer { name: "tanh" type: "TanH" bottom: "c" top: "c" }"""), 1)
     conv = net.layer_dict["conv"]
     conv_forward = conv.forward
 
@@ -261,7 +279,7 @@ def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
     set_blas(2)
     try:
         net.forward_from_to()
-        assert seen == {"conv": 1, "relu": 2}
+        assert seen == {"conv": 1, "tanh": 2}
         assert get_blas() == 2
     finally:
         set_blas(2)

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .. import parallel
 from ..proto import caffe_pb2
 from .base import Layer, register
 
@@ -58,34 +59,51 @@ def reuse_buffer(buffer, like: np.ndarray) -> np.ndarray:
 
 @register("ReLU")
 class ReLULayer(NeuronLayer):
-    """``y = x`` for x > 0, ``negative_slope * x`` otherwise. Any shape; in-place safe."""
+    """``y = x`` for x > 0, ``negative_slope * x`` otherwise. Any shape; in-place safe.
+
+    Large blobs are cut into one flat run per thread (:mod:`protonet.parallel`).
+    """
+
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         self.slope = float(self.param.relu_param.negative_slope)
 
+    @staticmethod
+    def _runs(n: int) -> list[slice]:
+        return parallel.split(n, n)
+
     def forward(self, bottom, top):
-        x, y = bottom[0].data, top[0].data
-        if self.slope == 0.0:
-            np.maximum(x, 0, out=y)
-            return
-        negative = x < 0
-        if y is not x:
-            np.copyto(y, x)
-        np.multiply(y, self.slope, out=y, where=negative)
+        x, y = bottom[0].data.reshape(-1), top[0].data.reshape(-1)
+        slope, in_place = self.slope, top[0].data is bottom[0].data
+
+        def work(k, s):
+            if slope == 0.0:
+                np.maximum(x[s], 0, out=y[s])
+                return
+            negative = x[s] < 0
+            if not in_place:
+                np.copyto(y[s], x[s])
+            np.multiply(y[s], slope, out=y[s], where=negative)
+        parallel.run(work, self._runs(x.size))
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         # In place, bottom.data is the output; it has the input's sign (for slope >= 0),
         # which is what Caffe's backward then reads as well.
-        x, dy, dx = bottom[0].data, top[0].diff, bottom[0].diff
-        if self.slope == 0.0:
-            np.multiply(dy, x > 0, out=dx)
-            return
-        non_positive = x <= 0
-        if dx is not dy:
-            np.copyto(dx, dy)
-        np.multiply(dx, self.slope, out=dx, where=non_positive)
+        x, dy, dx = (b.reshape(-1) for b in (bottom[0].data, top[0].diff, bottom[0].diff))
+        slope, in_place = self.slope, top[0].diff is bottom[0].diff
+
+        def work(k, s):
+            if slope == 0.0:
+                np.multiply(dy[s], x[s] > 0, out=dx[s])
+                return
+            non_positive = x[s] <= 0
+            if not in_place:
+                np.copyto(dx[s], dy[s])
+            np.multiply(dx[s], slope, out=dx[s], where=non_positive)
+        parallel.run(work, self._runs(x.size))
 
 
 @register("PReLU")
