@@ -55,7 +55,7 @@ def num_threads() -> int:
 def set_num_threads(n: int | None) -> None:
     """Override the thread count (``None``: read the environment again)."""
     global _threads, _workers
-    with _lock:
+    with _busy, _lock:  # not while a run() has the workers
         if _workers is not None:
             for worker in _workers:
                 worker.stop()
