@@ -1,6 +1,8 @@
 """Blob: Caffe's n-dimensional array pair (data and diff), NCHW by convention."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import ProtonetError
@@ -45,7 +47,7 @@ class Blob:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self._shape, dtype=np.int64))
+        return math.prod(self._shape)
 
     @property
     def num_axes(self) -> int:
@@ -78,7 +80,7 @@ class Blob:
 
     def count_range(self, start: int, end: int | None = None) -> int:
         """Product of dims ``start..end-1`` (Caffe's count(start, end))."""
-        return int(np.prod(self._shape[start:end], dtype=np.int64))
+        return math.prod(self._shape[start:end])
 
     # -- arrays --------------------------------------------------------------
     @property

@@ -7,6 +7,8 @@ or output positions.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..blob import Blob
@@ -38,7 +40,7 @@ def _buffer(cache: dict, name: str, shape, dtype, fill=None, copy_of=None) -> np
     with that array's values.
     """
     shape = tuple(shape)
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     buf = cache.get(name)
     if fill is not None:
         if buf is None or buf.shape != shape or buf.dtype != dtype:
@@ -162,7 +164,7 @@ class ConvolutionLayer(Layer):
                 bottom)
         if any(b.shape != shape for b in bottom):
             raise self.shape_error("all bottoms must have the same shape", bottom)
-        self.num = int(np.prod(shape[:self.axis], dtype=np.int64))
+        self.num = math.prod(shape[:self.axis])
         self.in_hw = (1,) * (2 - self.num_spatial) + tuple(shape[self.axis + 1:])
         return shape
 
@@ -242,7 +244,7 @@ class ConvolutionLayer(Layer):
         if self.stride != (1, 1):
             return None
         pad = tuple(d * (k - 1) - p for d, k, p in zip(self.dilation, self.kernel, self.pad))
-        in_size, out_size = np.prod(self.in_hw), np.prod(self.out_hw)
+        in_size, out_size = math.prod(self.in_hw), math.prod(self.out_hw)
         if min(pad) < 0 or in_size > FULL_CONV_MAX_GROWTH * out_size:
             return None
         return pad
@@ -941,7 +943,7 @@ class Im2colLayer(Layer):
         shape = bottom[0].shape
         if len(shape) != self.axis + 1 + self.num_spatial:
             raise self.shape_error("the number of input axes may not change", bottom)
-        self.num = int(np.prod(shape[:self.axis], dtype=np.int64))
+        self.num = math.prod(shape[:self.axis])
         self.channels = shape[self.axis]
         self.in_hw = (1,) * (2 - self.num_spatial) + tuple(shape[self.axis + 1:])
         self.out_hw = tuple(conv_out_size(*args) for args in zip(
