@@ -753,22 +753,19 @@ class PoolingLayer(Layer):
             return
         index = self._index
         area = self._area.astype(dy.dtype)
-        (H, W), (ph, pw) = self.in_hw, self.pad
 
         def tile(part, s):
             if not average:
                 route = self._place_selected if self.disjoint else self._route_selected
                 route(part, index[s], dy[s], dx[s])
                 return
-            dxp = (_buffer(self._buf, f"dframe{part}", dx[s].shape[:2] + self.frame, dx.dtype)
-                   if self.framed else dx[s])
+            dxp = self._diff_frame(part, dx[s])
             dxp[...] = 0
             gs = dy[s] / area
             for tap in self._taps:
                 target = dxp[tap]
                 target += gs
-            if self.framed:
-                dx[s] = dxp[:, :, ph:ph + H, pw:pw + W]
+            self._unframe(dxp, dx[s])
 
         def work(part, s):
             for u in self._tiles(s):
@@ -808,9 +805,7 @@ class PoolingLayer(Layer):
         else 0. The selection is a bitwise AND with an all-ones mask, which
         (unlike multiplying by 0/1) keeps a NaN elsewhere in ``dy`` out of ``dx``.
         """
-        (H, W), (ph, pw) = self.in_hw, self.pad
-        target = (_buffer(self._buf, f"dframe{part}", dx.shape[:2] + self.frame, dx.dtype)
-                  if self.framed else dx)
+        target = self._diff_frame(part, dx)
         if not self.tiled:
             target[...] = 0
         bits = np.dtype(f"i{dy.itemsize}")
@@ -820,8 +815,20 @@ class PoolingLayer(Layer):
             np.equal(index, k, out=hit)
             np.negative(hit.view(np.int8), out=keep, casting="unsafe")  # 0 or all ones
             np.bitwise_and(dy.view(bits), keep, out=target[tap].view(bits))
+        self._unframe(target, dx)
+
+    def _diff_frame(self, part: int, dx: np.ndarray) -> np.ndarray:
+        """Where a backward tile writes the taps of ``dx`` (images of the bottom diff):
+        part ``part``'s frame buffer, or ``dx`` itself when no frame is needed."""
+        if not self.framed:
+            return dx
+        return _buffer(self._buf, f"dframe{part}", dx.shape[:2] + self.frame, dx.dtype)
+
+    def _unframe(self, frame: np.ndarray, dx: np.ndarray) -> None:
+        """Copy the image interior of a :meth:`_diff_frame` into ``dx`` (nothing if it is ``dx``)."""
         if self.framed:
-            dx[...] = target[:, :, ph:ph + H, pw:pw + W]
+            (H, W), (ph, pw) = self.in_hw, self.pad
+            dx[...] = frame[:, :, ph:ph + H, pw:pw + W]
 
     def macc(self, bottom, top):
         N, C, Ho, Wo = top[0].shape
