@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 
@@ -231,8 +232,8 @@ def _run_parts(fn, parts: list[slice]) -> None:
 MATMUL_GIL_MAX = 500
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for ``(G, m, k) @ (G, k, n)`` or 2-D operands, releasing the GIL.
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` that releases the GIL: for the products parts compute.
 
     numpy's matmul deems a product of at most :data:`MATMUL_GIL_MAX` elements
     too small to release the GIL for, however long its inner dimension: a
@@ -240,11 +241,19 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ``n*Ho*Wo`` positions would then hold up the other parts for its whole
     GEMM. ``np.dot`` releases it; such products go through it, matrix by matrix.
     """
-    if a.shape[-2] * b.shape[-1] * (a.shape[0] if a.ndim == 3 else 1) > MATMUL_GIL_MAX:
-        return np.matmul(a, b)
-    if a.ndim == 2:
-        return np.dot(a, b)
-    return np.stack([np.dot(a[g], b[g]) for g in range(a.shape[0])])
+    m, n = a.shape[-2], b.shape[-1]
+    if m * n > MATMUL_GIL_MAX:  # the usual case, decided without looking at the stack
+        return np.matmul(a, b, out=out)
+    stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if math.prod(stack) * m * n > MATMUL_GIL_MAX:
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty(stack + (m, n), np.result_type(a, b))
+    a = np.broadcast_to(a, stack + a.shape[-2:])
+    b = np.broadcast_to(b, stack + b.shape[-2:])
+    for i in np.ndindex(stack):
+        out[i] = np.dot(a[i], b[i])
+    return out
 
 
 _held = [0, None]  # nesting depth of blas_held(), BLAS thread count to restore

@@ -46,15 +46,23 @@ def test_tiles_cut_a_slice_into_cache_sized_runs(monkeypatch):
     ((3, 4, 50), (3, 50, 6)),      # a small stack, matrix by matrix
     ((30, 40), (40, 20)),          # large enough for plain matmul
     ((2, 20, 10), (2, 10, 30)),
+    ((2, 3, 60), (4, 1, 60, 5)),   # broadcast stacks, as the per-image convolution passes
+    ((50, 7), (3, 7, 2)),          # a matrix against a stack, as the slab fold passes
 ])
 def test_matmul_gives_numpys_product(a_shape, b_shape):
     rng = np.random.default_rng(0)
     a = rng.standard_normal(a_shape[:-2] + a_shape[:-3:-1]).astype(np.float32)
     b = rng.standard_normal(b_shape).astype(np.float32)
     a = np.swapaxes(a, -1, -2)  # a transposed view, as the weight gradients pass
+    expected = np.matmul(a, b)
     product = parallel.matmul(a, b)
-    assert product.shape == np.matmul(a, b).shape and product.dtype == np.float32
-    np.testing.assert_allclose(product, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+    assert product.shape == expected.shape and product.dtype == np.float32
+    np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-4)
+    # into a given array, also a strided view of a larger one
+    out = np.full(expected.shape[:-1] + (2 * expected.shape[-1],), np.nan, np.float32)
+    assert parallel.matmul(a, b, out=out[..., ::2]).base is out
+    np.testing.assert_allclose(out[..., ::2], expected, rtol=1e-5, atol=1e-4)
+    assert np.isnan(out[..., 1::2]).all()
 
 
 def test_thread_count_comes_from_the_environment(monkeypatch):

@@ -91,7 +91,7 @@ class InnerProductLayer(Layer):
         b = self.blobs[1].data if self.bias_term else None
 
         def outputs(k, c):  # y[:, c] = x @ W[:, c] (+ b[c])
-            np.matmul(x, w[:, c], out=y[:, c])
+            parallel.matmul(x, w[:, c], out=y[:, c])
             if b is not None:
                 y[:, c] += b[c]
         parallel.run(outputs, self._parts(self.num_output))
@@ -118,7 +118,7 @@ class InnerProductLayer(Layer):
             w = self._weights_kn(self.blobs[0].data)
 
             def input_grads(k, r):  # dx[:, r] = dy @ W[r, :]^T
-                np.matmul(dy, w[r].T, out=dx[:, r])
+                parallel.matmul(dy, w[r].T, out=dx[:, r])
             parallel.run(input_grads, self._parts(self.K))
 
     def macc(self, bottom, top):

@@ -294,7 +294,7 @@ class ConvolutionLayer(Layer):
             if x is not None:
                 rows.reshape(m, P, O)[...] = x[t].reshape(m, O, P).transpose(0, 2, 1)
                 product += parallel.matmul(rows.T, col)
-            np.matmul(col, w_cols, out=rows)
+            parallel.matmul(col, w_cols, out=rows)
             if bias is not None:
                 rows += bias
             out[t] = rows.reshape(m, P, O).transpose(0, 2, 1)
@@ -378,7 +378,7 @@ class ConvolutionLayer(Layer):
         (H, W), (Ho, Wo), (kh, kw) = self.in_hw, self.out_hw, self.kernel
         (ph, pw), (sh, sw), (dh, dw) = self.pad, self.stride, self.dilation
         slab = _buffer(self._buf, f"col{k}", (kh * kw, n * Ho * Wo, C), rows.dtype)
-        np.matmul(rows.reshape(-1, O), slabs, out=slab)
+        parallel.matmul(rows.reshape(-1, O), slabs, out=slab)
         frame_hw = (max(H + 2 * ph, (Ho - 1) * sh + dh * (kh - 1) + 1),
                     max(W + 2 * pw, (Wo - 1) * sw + dw * (kw - 1) + 1))
         frame = _buffer(self._buf, f"dframe{k}", (n,) + frame_hw + (C,), rows.dtype)
@@ -410,8 +410,8 @@ class ConvolutionLayer(Layer):
                 n = s.stop - s.start
                 # image by image, straight into the top: (n, G, O/G, P) =
                 # (G, O/G, K) @ (n, G, K, P), the columns (G, K, n*P) seen per image
-                np.matmul(w, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
-                          out=y[s].reshape(n, G, O // G, P))
+                parallel.matmul(w, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
+                                out=y[s].reshape(n, G, O // G, P))
                 if bias is not None:
                     y[s] += bias[:, None]
             parallel.run(work, parts)
@@ -463,12 +463,12 @@ class ConvolutionLayer(Layer):
                 if not down:
                     return
                 if self.is_1x1 and n == 1:
-                    np.matmul(w.transpose(0, 2, 1), dyg,
-                              out=dx[s.start].reshape(G, C // G, -1))
+                    parallel.matmul(w.transpose(0, 2, 1), dyg,
+                                    out=dx[s.start].reshape(G, C // G, -1))
                     return
                 # dcol (G, K, n*P) = W^T (G, K, O/G) @ dy (G, O/G, n*P), over the columns
                 dcol = self._part_col_buffer(k, n, dy.dtype)
-                np.matmul(w.transpose(0, 2, 1), dyg, out=dcol.reshape(G, -1, n * P))
+                parallel.matmul(w.transpose(0, 2, 1), dyg, out=dcol.reshape(G, -1, n * P))
                 if self.is_1x1:
                     dx[s].reshape(n, C, -1)[...] = dcol.reshape(C, n, -1).transpose(1, 0, 2)
                 else:
