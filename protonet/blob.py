@@ -15,15 +15,21 @@ class Blob:
     memory), so a network can be shaped without committing memory. Reshaping
     to a new shape replaces both arrays; reshaping to the same shape keeps
     them, so layers may hold views into them between passes.
+
+    A loss-weighted top's diff holds its loss weight (:meth:`seed_diff`, as
+    Caffe's ``Layer::SetLossWeights``): backward reads whatever the diff holds,
+    so a gradient a user writes there is the one back-propagated. A diff
+    allocated anew after a reshape starts from that weight again.
     """
 
-    __slots__ = ("_shape", "_dtype", "_data", "_diff", "name")
+    __slots__ = ("_shape", "_dtype", "_data", "_diff", "_diff_seed", "name")
 
     def __init__(self, shape=(), dtype=np.float32, name: str = ""):
         self._dtype = np.dtype(dtype)
         self._shape: tuple[int, ...] = ()
         self._data = None
         self._diff = None
+        self._diff_seed = 0.0
         self.name = name
         self.reshape(shape)
 
@@ -35,7 +41,7 @@ class Blob:
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ProtonetError(f"blob '{self.name}': negative dimension in shape {list(shape)}")
-        if shape == self._shape and self._data is not None:
+        if shape == self._shape and (self._data is not None or self._diff is not None):
             return
         self._shape = shape
         self._data = None
@@ -101,8 +107,17 @@ class Blob:
     @property
     def diff(self) -> np.ndarray:
         if self._diff is None:
-            self._diff = np.zeros(self._shape, self._dtype)
+            if self._diff_seed:
+                self._diff = np.full(self._shape, self._diff_seed, self._dtype)
+            else:
+                self._diff = np.zeros(self._shape, self._dtype)
         return self._diff
+
+    def seed_diff(self, weight: float) -> None:
+        """Fill the diff with ``weight`` now and whenever it is allocated anew (a loss
+        top's seed for backward)."""
+        self._diff_seed = float(weight)
+        self.diff[...] = weight
 
     @diff.setter
     def diff(self, value) -> None:

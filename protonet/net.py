@@ -154,6 +154,7 @@ class Net:
         self.layer_need_backward: list[bool] = []
         self.inputs: list[str] = []
         self.blob_loss_weights: "OrderedDict[str, float]" = OrderedDict()
+        self._reseed: list[list] = []  # per layer: (in-place loss top, weight)
         self.learnable_params: list[Blob] = []  # owners only, in creation order
         self.param_specs: list = []            # ParamSpec (or None) per owner
         self._param_owner_by_name: dict[str, int] = {}
@@ -215,6 +216,10 @@ class Net:
                 self.inputs.extend(lp.top)
             for j, name in enumerate(top_names):
                 self.blob_loss_weights[name] = layer.loss_weights[j]
+            # an in-place layer's backward overwrites its loss top's diff with the bottom's
+            # gradient; such a seed is written again after each forward (Caffe leaves it lost)
+            self._reseed.append([(t, w) for t, w in zip(tops, layer.loss_weights)
+                                 if w and any(t is b for b in bottoms)])
             self._append_params(layer, lp)
             propagate = []
             for k in range(len(layer.blobs)):
@@ -347,9 +352,11 @@ class Net:
                 layer.reshape(bottom, top)
                 with parallel.blas_for(layer):
                     layer.forward(bottom, top)
+                for blob, weight in self._reseed[i]:
+                    blob.diff[...] = weight
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
-                        loss += weight * float(np.sum(blob.data, dtype=np.float64))
+                        loss += _weighted_loss(blob, weight)
         return loss
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
@@ -358,9 +365,6 @@ class Net:
         with parallel.blas_held():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
-                for blob, weight in zip(top, layer.loss_weights):
-                    if weight:
-                        blob.diff[...] = weight
                 if self.layer_need_backward[i]:
                     with parallel.blas_for(layer):
                         layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
@@ -401,8 +405,8 @@ class Net:
                  end: str | None = None, **top_diffs) -> dict[str, np.ndarray]:
         """Run the net backward (pycaffe's ``net.backward``); return ``{blob name: diff}``.
 
-        ``top_diffs``: gradients to copy into blobs' diffs by name first (loss tops are
-        seeded with their loss weight). ``start``/``end``: layer names to run from/down to
+        ``top_diffs``: gradients to copy into blobs' diffs by name first (a loss top's diff
+        holds its loss weight from setup on, as in Caffe, until someone writes another). ``start``/``end``: layer names to run from/down to
         (inclusive). Returned: the diffs of the net's inputs -- or of ``end``'s bottoms when
         given -- plus the blobs named in ``diffs``.
         """
@@ -636,6 +640,19 @@ class Net:
     def __repr__(self) -> str:
         return (f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} "
                 f"layers={len(self.layers)} blobs={len(self.blobs)}>")
+
+
+def _weighted_loss(blob, weight: float) -> float:
+    """A loss top's contribution, Caffe's ``dot(data, diff)``: the diff holds the loss weight
+    (then ``weight * sum(data)``, in float64 with the exact weight) unless someone wrote
+    another one there."""
+    data, diff = blob.data, blob.diff
+    seed = diff.dtype.type(weight)
+    if diff.size == 1 and diff.flat[0] == seed:
+        return weight * float(data.flat[0])
+    if diff.size > 1 and diff.flat[0] == seed and np.all(diff == seed):
+        return weight * float(np.sum(data, dtype=np.float64))
+    return float(np.vdot(data.astype(np.float64), diff.astype(np.float64)))
 
 
 def _is_weights_path(phase) -> bool:
