@@ -16,6 +16,8 @@ attributes and register under their Caffe ``type:`` string with
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..blob import Blob
@@ -46,9 +48,11 @@ def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None,
                  allow_python: bool = False) -> "Layer":
     """Instantiate the layer registered for ``param.type``.
 
-    ``type: "Python"`` imports and runs user code, so it needs ``allow_python``.
+    ``type: "Python"`` imports and runs user code, so it needs ``allow_python`` -- unless
+    its class is a ``caffe.Layer`` subclass of a module already imported (code that is
+    running: the pycaffe pattern of a script defining its own layer).
     """
-    if param.type == "Python" and not allow_python:
+    if param.type == "Python" and not allow_python and not _running_layer_class(param):
         p = param.python_param
         raise ProtonetError(
             f"layer '{param.name}': Python layer would import module '{p.module}' and run its "
@@ -60,6 +64,19 @@ def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None,
             f"layer '{param.name}': unknown layer type '{param.type}' "
             f"(known types: {', '.join(layer_type_list())})")
     return cls(param, phase=phase, dtype=dtype, rng=rng)
+
+
+def _running_layer_class(param) -> bool:
+    """Whether ``python_param`` names a :class:`PythonLayerBase` subclass in a module that
+    is already in ``sys.modules``: using it imports and runs nothing new. Read without
+    ``getattr`` so a module's ``__getattr__`` hook runs no code either."""
+    from .python_layer import PythonLayerBase
+    p = param.python_param
+    module = sys.modules.get(p.module) if p.module else None
+    if module is None:
+        return False
+    cls = vars(module).get(p.layer) if p.layer else None
+    return isinstance(cls, type) and issubclass(cls, PythonLayerBase)
 
 
 def elementwise_macc(layer, bottom, top) -> int:
@@ -177,6 +194,11 @@ class Layer:
         if not given:
             given = [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(len(top))]
         self.loss_weights = [float(w) for w in given]
+        # Caffe writes the weight into the top's diff once, here; the loss is then
+        # dot(data, diff) and backward starts from whatever the diff holds
+        for blob, weight in zip(top, self.loss_weights):
+            if weight:
+                blob.seed_diff(weight)
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Whether ``force_backward`` may request a gradient for this bottom."""
