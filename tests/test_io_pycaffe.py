@@ -202,3 +202,29 @@ def test_encoded_datum_decodes_as_bgr(tmp_path):
     datum = caffe_pb2.Datum(channels=3, height=4, width=5, data=buf.getvalue(), encoded=True)
     np.testing.assert_array_equal(caffe_io.datum_to_array(datum),
                                   rgb[:, :, ::-1].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("fields, values, shape", [
+    ({}, [123.0], ()),                                       # no dims at all: a scalar
+    ({"shape": caffe_pb2.BlobShape(dim=[2, 3])}, range(6), (2, 3)),
+    ({"num": 1, "channels": 1, "height": 2, "width": 3}, range(6), (1, 1, 2, 3)),
+    ({"channels": 3}, range(0), (0, 3, 0, 0)),                # legacy dims default to 0
+])
+def test_blobproto_shapes_as_pycaffe_reads_them(fields, values, shape):
+    proto = caffe_pb2.BlobProto(data=list(values), **fields)
+    arr = caffe_io.blobproto_to_array(proto)
+    assert arr.shape == shape and arr.dtype == np.float64
+    np.testing.assert_array_equal(arr.ravel(), list(values))
+
+
+@pytest.mark.parametrize("fields", [
+    {},                                                       # 100 values, no dims: scalar
+    {"num": 1, "channels": 1, "height": 10, "width": 9},      # legacy dims 90 != 100
+    {"shape": caffe_pb2.BlobShape(dim=[10, 11])},
+])
+def test_blobproto_values_that_dont_fit_raise_value_error(fields):
+    from protonet import ProtonetError
+    proto = caffe_pb2.BlobProto(data=[0.0] * 100, **fields)
+    with pytest.raises(ValueError, match="holds 100 values") as err:
+        caffe_io.blobproto_to_array(proto)
+    assert isinstance(err.value, ProtonetError)

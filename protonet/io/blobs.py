@@ -7,6 +7,11 @@ from ..errors import ProtonetError
 from ..proto import caffe_pb2
 
 
+class BlobShapeError(ProtonetError, ValueError):
+    """A BlobProto whose values don't fill its shape (a ``ValueError`` too, as pycaffe's
+    ``reshape`` raises there)."""
+
+
 def blob_proto_shape(proto) -> tuple[int, ...]:
     """A BlobProto's shape as Caffe's Blob::FromProto reads it: the legacy 4-D
     num/channels/height/width when any of them is set, else ``shape.dim``."""
@@ -17,17 +22,18 @@ def blob_proto_shape(proto) -> tuple[int, ...]:
     return (len(proto.double_data) or len(proto.data),)
 
 
-def blob_proto_to_array(proto, diff: bool = False) -> np.ndarray:
-    """The data (or diff) of a BlobProto as an array of its shape (float32 or float64)."""
-    shape = blob_proto_shape(proto)
+def blob_proto_to_array(proto, diff: bool = False, shape=None) -> np.ndarray:
+    """The data (or diff) of a BlobProto as an array of its shape (float32 or float64);
+    ``shape`` overrides the one the proto gives."""
+    shape = blob_proto_shape(proto) if shape is None else tuple(shape)
     double = proto.double_diff if diff else proto.double_data
     single = proto.diff if diff else proto.data
     values = np.asarray(double, dtype=np.float64) if len(double) \
         else np.asarray(single, dtype=np.float32)
     expected = int(np.prod(shape, dtype=np.int64))
     if values.size != expected:
-        raise ProtonetError(f"blob of shape {list(shape)} holds {values.size} values, "
-                            f"expected {expected}")
+        raise BlobShapeError(f"blob of shape {list(shape)} holds {values.size} values, "
+                             f"expected {expected}")
     return values.reshape(shape)
 
 

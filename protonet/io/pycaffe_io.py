@@ -27,9 +27,13 @@ __all__ = ["Transformer", "load_image", "resize_image", "oversample", "blobproto
 # -- proto / datum / ndarray conversion -------------------------------------------------------
 def blobproto_to_array(blob, return_diff: bool = False) -> np.ndarray:
     """A ``BlobProto``'s data (or diff, with ``return_diff``) as a float64 array of its shape:
-    the legacy num/channels/height/width when any of them is set, else ``shape.dim``."""
-    from .blobs import blob_proto_to_array
-    return blob_proto_to_array(blob, diff=return_diff).astype(np.float64)
+    the legacy num/channels/height/width when any of them is set, else ``shape.dim`` -- no
+    dims at all is a scalar, as in pycaffe. Values that don't fill the shape raise a
+    ``ValueError`` (a :class:`~protonet.ProtonetError` too)."""
+    from .blobs import blob_proto_shape, blob_proto_to_array
+    legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    shape = blob_proto_shape(blob) if legacy else tuple(int(d) for d in blob.shape.dim)
+    return blob_proto_to_array(blob, diff=return_diff, shape=shape).astype(np.float64)
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None):
