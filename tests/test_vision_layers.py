@@ -209,7 +209,7 @@ def test_convolution_macc():
     ("kernel_size: 3", (1, 4, 5, 5), "num_output"),
     ("num_output: 3 kernel_size: 0", (1, 4, 5, 5), "positive"),
     ("num_output: 3 kernel_size: 7", (1, 4, 5, 5), "does not fit"),
-    ("num_output: 3 kernel_size: 3", (1, 4, 5, 5, 5), "3 spatial axes"),
+    ("num_output: 3 kernel_size: 3", (1, 4), "at least one spatial axis"),
     ("num_output: 3 kernel_h: 3 kernel_w: 3", (1, 4, 5), "2-D"),
 ])
 def test_convolution_errors_name_the_layer(params, shape, message):

@@ -264,9 +264,9 @@ def test_im2col_errors():
     with pytest.raises(ProtonetError, match="does not fit the padded input"):
         run_layer(make_layer('name: "cols" type: "Im2col" convolution_param { kernel_size: 4 }'),
                   [np.zeros((1, 1, 3, 3))])
-    with pytest.raises(ProtonetError, match="only 1-D and 2-D"):
+    with pytest.raises(ProtonetError, match="at least one spatial axis"):
         run_layer(make_layer('type: "Im2col" convolution_param { kernel_size: 1 }'),
-                  [np.zeros((1, 1, 2, 2, 2))])
+                  [np.zeros((1, 1))])
 
 
 # -- Crop ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .. import parallel
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
 from .common import canonical_axis
+from . import conv_nd
 
 _Pool = caffe_pb2.PoolingParameter
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -79,17 +80,18 @@ def _spatial_param(layer, cp, name, h_name, w_name, default) -> tuple[int, ...]:
 def _conv_geometry(layer, cp, bottom) -> tuple[int, ...]:
     """Read the window of a ``convolution_param`` (Convolution, Deconvolution, Im2col).
 
-    Sets ``layer.axis`` (the channel axis), ``num_spatial`` (1 or 2) and the
-    ``(h, w)`` pairs ``kernel``, ``stride``, ``pad``, ``dilation`` (1-D runs as
-    2-D over a height-1 axis) and ``is_1x1``; returns the kernel per spatial
-    axis (the shape a weight blob has).
+    Sets ``layer.axis`` (the channel axis), ``num_spatial`` (the axes after it)
+    and ``kernel``, ``stride``, ``pad``, ``dilation``: ``(h, w)`` pairs for 1-D
+    (run as 2-D over a height-1 axis) and 2-D, one value per axis for 3+ axes
+    (run by :mod:`protonet.layers.conv_nd`); and ``is_1x1``. Returns the kernel
+    per spatial axis (the shape a weight blob has).
     """
     layer.axis = bottom[0].canonical_axis(cp.axis)
     nsp = bottom[0].num_axes - layer.axis - 1
-    if nsp not in (1, 2):
+    if nsp < 1:
         raise layer.shape_error(
-            f"only 1-D and 2-D windows are implemented; the input has {nsp} spatial "
-            f"axes after the channel axis {layer.axis}", bottom)
+            f"the input needs at least one spatial axis after the channel axis {layer.axis}",
+            bottom)
     layer.num_spatial = nsp
     kernel = _spatial_param(layer, cp, "kernel_size", "kernel_h", "kernel_w", None)
     stride = _spatial_param(layer, cp, "stride", "stride_h", "stride_w", 1)
@@ -104,7 +106,7 @@ def _conv_geometry(layer, cp, bottom) -> tuple[int, ...]:
         kernel, stride, pad, dilation = ((1,) + kernel, (1,) + stride, (0,) + pad,
                                          (1,) + dilation)
     layer.kernel, layer.stride, layer.pad, layer.dilation = kernel, stride, pad, dilation
-    layer.is_1x1 = kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
+    layer.is_1x1 = set(kernel) == {1} and set(stride) == {1} and not any(pad)
     return weight_kernel
 
 
@@ -113,9 +115,10 @@ class ConvolutionLayer(Layer):
     """Caffe's Convolution: im2col + one matmul per group for the whole batch.
 
     Bottom ``(*outer, C, H, W)`` with ``C`` at ``axis`` -> top ``(*outer, O, Ho, Wo)``;
-    weight ``(O, C/group, kh, kw)``, bias ``(O,)``. One or two spatial axes
-    (1-D runs as 2-D with a height-1 kernel). Several bottoms share the weights,
-    each giving its own top.
+    weight ``(O, C/group, kh, kw)``, bias ``(O,)``. Any number of spatial axes
+    (1-D runs as 2-D with a height-1 kernel; 3 or more run in
+    :mod:`protonet.layers.conv_nd`). Several bottoms share the weights, each
+    giving its own top.
     """
 
     min_num_bottom = 1
@@ -169,6 +172,8 @@ class ConvolutionLayer(Layer):
         return shape
 
     def reshape(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.conv_reshape(self, bottom, top)
         shape = self._check_bottoms(bottom)
         self.out_hw = tuple(conv_out_size(*args) for args in zip(
             self.in_hw, self.kernel, self.pad, self.stride, self.dilation))
@@ -392,6 +397,8 @@ class ConvolutionLayer(Layer):
 
     # -- passes -----------------------------------------------------------------
     def forward(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.conv_forward(self, bottom, top)
         N, C, O, G = self.num, self.channels, self.num_output, self.group
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
@@ -419,6 +426,8 @@ class ConvolutionLayer(Layer):
             self._buf["owner"] = self._token
 
     def backward(self, top, propagate_down, bottom):
+        if self.num_spatial > 2:
+            return conv_nd.conv_backward(self, top, propagate_down, bottom)
         N, C, O, G = self.num, self.channels, self.num_output, self.group
         P = self.out_hw[0] * self.out_hw[1]
         w = self._weights()
@@ -486,6 +495,8 @@ class ConvolutionLayer(Layer):
                     self.blobs[1].diff += part
 
     def macc(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.conv_macc(self, bottom, top)
         kh, kw = self.kernel
         per_bottom = (kh * kw * (self.channels // self.group) * self.num_output
                       * self.out_hw[0] * self.out_hw[1] * self.num)
@@ -852,6 +863,8 @@ class DeconvolutionLayer(ConvolutionLayer):
         return (self.channels, self.num_output // self.group) + tuple(kernel)
 
     def reshape(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.deconv_reshape(self, bottom, top)
         shape = self._check_bottoms(bottom)
         self.out_hw = tuple(s * (n - 1) + d * (k - 1) + 1 - 2 * p for n, k, p, s, d in zip(
             self.in_hw, self.kernel, self.pad, self.stride, self.dilation))
@@ -882,6 +895,8 @@ class DeconvolutionLayer(ConvolutionLayer):
                        + self.in_hw, dtype)
 
     def forward(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.deconv_forward(self, bottom, top)
         N, O, G = self.num, self.num_output, self.group
         P = self.in_hw[0] * self.in_hw[1]
         w = self._weights()
@@ -895,6 +910,8 @@ class DeconvolutionLayer(ConvolutionLayer):
                 y += self.blobs[1].data[:, None, None]
 
     def backward(self, top, propagate_down, bottom):
+        if self.num_spatial > 2:
+            return conv_nd.deconv_backward(self, top, propagate_down, bottom)
         N, C, O, G = self.num, self.channels, self.num_output, self.group
         P = self.in_hw[0] * self.in_hw[1]
         w = self._weights()
@@ -924,6 +941,8 @@ class DeconvolutionLayer(ConvolutionLayer):
                     b.diff.reshape(N, C, P)[...] = dx.transpose(1, 0, 2)
 
     def macc(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.deconv_macc(self, bottom, top)
         kh, kw = self.kernel
         per_bottom = (kh * kw * (self.channels // self.group) * self.num_output
                       * self.in_hw[0] * self.in_hw[1] * self.num)
@@ -937,7 +956,8 @@ class Im2colLayer(Layer):
     Bottom ``(*outer, C, H, W)`` -> top ``(*outer, C*kh*kw, Ho, Wo)``, channel
     ``(c*kh + i)*kw + j`` holding ``x[c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]``
     (zero in the padding), as ``im2col_cpu`` per image. Reads ``convolution_param``
-    (kernel, stride, pad, dilation, axis; 1-D or 2-D). Backward is col2im.
+    (kernel, stride, pad, dilation, axis; any number of spatial axes, 3 or more
+    in :mod:`protonet.layers.conv_nd`). Backward is col2im.
     """
 
     exact_num_bottom = 1
@@ -947,6 +967,8 @@ class Im2colLayer(Layer):
         self.weight_kernel = _conv_geometry(self, self.param.convolution_param, bottom)
 
     def reshape(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.im2col_reshape(self, bottom, top)
         shape = bottom[0].shape
         if len(shape) != self.axis + 1 + self.num_spatial:
             raise self.shape_error("the number of input axes may not change", bottom)
@@ -968,12 +990,16 @@ class Im2colLayer(Layer):
             1, 2, 3, 0, 4, 5)
 
     def forward(self, bottom, top):
+        if self.num_spatial > 2:
+            return conv_nd.im2col_forward(self, bottom, top)
         x = bottom[0].data.reshape((self.num, self.channels) + self.in_hw)
         # written straight into the top through a transposed view (no extra copy)
         im2col(x, self.kernel, self.pad, self.stride, self.dilation,
                out=self._columns(top[0].data))
 
     def backward(self, top, propagate_down, bottom):
+        if self.num_spatial > 2:
+            return conv_nd.im2col_backward(self, top, propagate_down, bottom)
         if not propagate_down[0]:
             return
         dx = bottom[0].diff.reshape((self.num, self.channels) + self.in_hw)
