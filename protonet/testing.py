@@ -59,7 +59,7 @@ def run_layer(layer, bottom_arrays, num_top: int | None = None):
 
 
 def check_gradients(layer, bottom_arrays, *, num_top: int | None = None,
-                    check_bottoms=None, check_params: bool = True,
+                    check_bottoms=None, check_params: bool = True, check_tops=None,
                     step: float = 1e-3, threshold: float = 1e-4,
                     kink: float | None = None, kink_range: float = -1.0,
                     max_checks: int | None = 200, seed: int = 1701, rng_seed: int = 0):
@@ -68,7 +68,8 @@ def check_gradients(layer, bottom_arrays, *, num_top: int | None = None,
     The objective is ``L = sum_k <top_k, R_k>`` with fixed random ``R_k``, so
     every top element's gradient path is exercised. The layer should be
     float64. ``check_bottoms`` lists the bottom indices to check (default
-    all); labels and indices must be excluded by the caller. For layers that
+    all); labels and indices must be excluded by the caller. ``check_tops``
+    lists the tops in the objective (default all; the others weigh 0). For layers that
     draw random numbers (Dropout), ``layer.rng`` is re-seeded before every
     forward pass so each pass sees the same draws. ``max_checks`` bounds the
     number of elements checked per blob (chosen at random; ``None`` = all).
@@ -87,6 +88,8 @@ def check_gradients(layer, bottom_arrays, *, num_top: int | None = None,
 
     forward()
     weights = [draw.standard_normal(t.shape) for t in top]
+    if check_tops is not None:
+        weights = [w if k in check_tops else np.zeros_like(w) for k, w in enumerate(weights)]
 
     def objective() -> float:
         forward()

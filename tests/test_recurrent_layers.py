@@ -101,11 +101,14 @@ def run_against_torch(type_name, static, expose, dtype=np.float64):
     else:
         outs = torch_rnn(tb[0], tb[1], tp, st, states[0])
     outs = outs[:num_top]
-    sum(torch.sum(o * torch.tensor(d)) for o, d in zip(outs, top_diffs)).backward()
+    # Caffe back-propagates through the outputs only: diffs on hT/cT are dropped and h0/c0
+    # get no gradient (test_expose_hidden_state_gets_and_gives_no_gradient_as_in_caffe)
+    torch.sum(outs[0] * torch.tensor(top_diffs[0])).backward()
     for ours, ref in zip(top, outs):
         np.testing.assert_allclose(ours.data, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    first_state = len(bottoms) - (num_states if expose else 0)
     for k, b in enumerate(bottom):
-        if down[k]:
+        if down[k] and k < first_state:
             np.testing.assert_allclose(b.diff, tb[k].grad.numpy(), rtol=1e-5, atol=1e-6,
                                        err_msg=f"bottom {k}")
     for k, p in enumerate(layer.blobs):
@@ -237,8 +240,37 @@ def test_recurrent_gradients_expose_hidden(type_name):
     cont[1, 0] = 0
     bottoms = [randn(T, N, 2).astype(float), cont, randn(N, 3, seed=1).astype(float)]
     bottoms += [randn(1, N, H, seed=2 + k).astype(float) for k in range(num_states)]
+    # through the outputs only: Caffe drops the exposed state's gradients (next test)
     check_gradients(recurrent(type_name, H, expose=True, dtype=np.float64), bottoms,
-                    num_top=1 + num_states, check_bottoms=[0, 2, 3] + ([4] * (num_states - 1)))
+                    num_top=1 + num_states, check_bottoms=[0, 2], check_tops=[0])
+
+
+@pytest.mark.parametrize("type_name", ["RNN", "LSTM"])
+def test_expose_hidden_state_gets_and_gives_no_gradient_as_in_caffe(type_name):
+    """Caffe's RecurrentLayer shares only the data of h0/c0 and hT/cT with its unrolled
+    net: the bottoms' diffs are never written and a diff on hT/cT changes nothing."""
+    T, N, H = 3, 2, 3
+    num_states = 1 if type_name == "RNN" else 2
+    layer = recurrent(type_name, H, expose=True, dtype=np.float64)
+    arrays = [randn(T, N, 2).astype(float), np.ones((T, N))]
+    arrays += [randn(1, N, H, seed=2 + k).astype(float) for k in range(num_states)]
+    bottom, top = setup_layer(layer, arrays, num_top=1 + num_states)
+    layer.forward(bottom, top)
+    grads = []
+    for state_diff in (0.0, 5.0):
+        for b in bottom[2:]:
+            b.diff[...] = 7.0                    # a sentinel the layer must leave alone
+        for p in layer.blobs:
+            p.diff[...] = 0
+        top[0].diff[...] = randn(T, N, H, seed=9)
+        for t in top[1:]:
+            t.diff[...] = state_diff
+        layer.backward(top, [True, False] + [True] * num_states, bottom)
+        assert all((b.diff == 7.0).all() for b in bottom[2:])
+        grads.append([bottom[0].diff.copy()] + [p.diff.copy() for p in layer.blobs])
+    for with_zero, with_five in zip(*grads):
+        np.testing.assert_array_equal(with_zero, with_five)
+    assert np.any(grads[0][0] != 0)
 
 
 def test_recurrent_param_propagate_down_skips_frozen_blobs():

@@ -21,7 +21,9 @@ for LSTM), each (1, N, H). Tops: the outputs (T, N, H) (RNN: o, LSTM: h) and wit
 ``cont[t, n] == 0`` starts a new sequence: the state entering step t is multiplied by it.
 Without ``expose_hidden`` the state carries over from one forward pass to the next (as in
 Caffe, where h_0 is copied from the previous pass's h_T), so a sequence may be fed in
-chunks; with ``expose_hidden`` it comes from the bottoms instead.
+chunks; with ``expose_hidden`` it comes from the bottoms instead. As in Caffe, no gradient
+flows through the exposed state: h0/c0 get none and a diff on hT/cT is ignored (see
+:class:`RecurrentLayer`).
 """
 from __future__ import annotations
 
@@ -245,11 +247,13 @@ class RecurrentLayer(Layer):
                 np.matmul(dstatic, self.blobs[2].data,
                           out=bottom[2].diff.reshape(self.N, self.static_dim))
 
-    def _state_bottoms(self, propagate_down, bottom):
-        """(wanted, blob) per exposed initial-state bottom."""
-        first = 3 if self.static_input else 2
-        return [(propagate_down[first + k], bottom[first + k])
-                for k in range(self.num_exposed)]
+    # Gradients of the exposed state, as Caffe computes them: none. Caffe's RecurrentLayer
+    # shares only the *data* of the h0/c0 bottoms with its unrolled net's h_0/c_0 inputs,
+    # which are Input tops there and so get no gradient; and only the data of the hT/cT
+    # tops with the unrolled net's last state. So the diffs of h0/c0 are left as they are
+    # (never written) and a gradient arriving at hT/cT from above is dropped: backward
+    # through time starts from zero at step T. Only x, x_static and the weights get
+    # gradients -- through the outputs (RNN: o, LSTM: h).
 
     def _check_cont_down(self, propagate_down):
         if propagate_down[1]:
@@ -337,7 +341,7 @@ class RNNLayer(RecurrentLayer):
         if down[-1]:
             self.blobs[-1].diff[...] += do_flat.sum(axis=0)
         dh = (do_flat @ w_ho).reshape(T, N, H)       # becomes d(pre-activation) in place
-        carry = top[1].diff[0].copy() if self.expose_hidden else np.zeros((N, H), self.dtype)
+        carry = np.zeros((N, H), self.dtype)         # hT's diff is dropped: see RecurrentLayer
         for t in range(T - 1, -1, -1):
             dh[t] += carry
             dh[t] *= 1 - self.h[t] * self.h[t]
@@ -346,9 +350,6 @@ class RNNLayer(RecurrentLayer):
         if down[r]:
             self.blobs[r].diff[...] += dh.reshape(T * N, H).T @ self.h_conted.reshape(T * N, H)
         self._input_backward(dh, propagate_down, bottom)
-        for wanted, blob in self._state_bottoms(propagate_down, bottom):
-            if wanted:
-                blob.diff[0] = carry
         if self.debug_info:
             self._debug("Backward", "bottom blob x diff", bottom[0].diff)
             self._debug_params("Backward", "diff")
@@ -404,11 +405,9 @@ class LSTMLayer(RecurrentLayer):
         cont = bottom[1].data
         dh_top = top[0].diff
         dgates = np.empty((T, N, 4 * H), self.dtype)
-        if self.expose_hidden:
-            dh_carry, dc_carry = top[1].diff[0].copy(), top[2].diff[0].copy()
-        else:
-            dh_carry = np.zeros((N, H), self.dtype)
-            dc_carry = np.zeros((N, H), self.dtype)
+        # hT's and cT's diffs are dropped, as in Caffe: see RecurrentLayer
+        dh_carry = np.zeros((N, H), self.dtype)
+        dc_carry = np.zeros((N, H), self.dtype)
         for t in range(T - 1, -1, -1):
             c_prev = self.c_all[t - 1] if t else self.c0
             dh_carry += dh_top[t]
@@ -420,10 +419,6 @@ class LSTMLayer(RecurrentLayer):
             self.blobs[r].diff[...] += (dgates.reshape(T * N, 4 * H).T
                                         @ self.h_conted.reshape(T * N, H))
         self._input_backward(dgates, propagate_down, bottom)
-        for (wanted, blob), d in zip(self._state_bottoms(propagate_down, bottom),
-                                     (dh_carry, dc_carry)):
-            if wanted:
-                blob.diff[0] = d
         if self.debug_info:
             self._debug("Backward", "bottom blob x diff", bottom[0].diff)
             self._debug_params("Backward", "diff")
