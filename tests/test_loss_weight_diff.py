@@ -96,9 +96,10 @@ def test_a_reshaped_loss_top_is_seeded_again():
     'loss_weight: 1 }',
     'layer { name: "p" type: "Parameter" top: "y" loss_weight: 1 '
     'parameter_param { shape { dim: 4 dim: 3 } } }',
+    'layer { name: "sel" type: "Filter" bottom: "v" bottom: "idx" top: "y" loss_weight: 1 }',
 ])
 def test_every_layer_type_back_propagates_the_users_diff(layer):
-    """The layers pycaffe users hit it with: Embed, BatchReindex, Parameter."""
+    """The layers pycaffe users hit it with: Embed, BatchReindex, Filter, Parameter."""
     head = """name: "t" force_backward: true
 layer { name: "in" type: "Input" top: "idx" top: "v"
         input_param { shape { dim: 4 } shape { dim: 4 dim: 3 } } }
@@ -118,6 +119,10 @@ layer { name: "in" type: "Input" top: "idx" top: "v"
     elif "BatchReindex" in layer:
         expected = np.zeros((4, 3))
         np.add.at(expected, [1, 0, 3, 1], g)
+        got = net.blobs["v"].diff
+    elif "Filter" in layer:  # the selector [1, 0, 3, 1] keeps rows 0, 2 and 3
+        expected = np.zeros((4, 3))
+        expected[[0, 2, 3]] = g
         got = net.blobs["v"].diff
     else:
         expected, got = g, net.params["p"][0].diff
