@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Net", "ProtonetError", "TEST", "TRAIN", "Layer", "layer_type_list", "Solver",
            "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
-           "AdamSolver", "get_solver", "Classifier", "NetSpec", "layers", "params", "to_proto",
+           "AdamSolver", "get_solver", "Classifier", "Detector", "NetSpec", "layers", "params", "to_proto",
            "io", "draw", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "solver_count", "set_solver_count", "solver_rank", "set_solver_rank",
            "set_multiprocess", "has_nccl", "init_log", "log", "__version__"]
@@ -34,6 +34,9 @@ def __getattr__(name):
     if name == "Classifier":
         from .classifier import Classifier
         return Classifier
+    if name == "Detector":
+        from .detector import Detector
+        return Detector
     if name == "draw":
         from . import draw
         return draw

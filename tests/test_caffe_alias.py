@@ -21,7 +21,7 @@ import protonet
 assert caffe is protonet and caffe.io is protonet.io and caffe.draw is protonet.draw
 assert caffe_pb2 is protonet.proto.caffe_pb2 and caffe.detector.Detector.__module__ == "protonet.detector"
 assert protonet.__spec__.name == "protonet"        # the alias leaves protonet's spec alone
-assert caffe.classifier.Classifier is caffe.Classifier
+assert caffe.classifier.Classifier is caffe.Classifier and caffe.Detector is caffe.detector.Detector
 
 
 class TimesTwo(caffe.Layer):      # a layer defined by the running script itself
