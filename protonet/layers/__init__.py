@@ -4,8 +4,8 @@ Importing this package registers every layer type; look one up with
 ``LAYER_REGISTRY["Convolution"]`` or list them with :func:`layer_type_list`.
 """
 from .base import LAYER_REGISTRY, TEST, TRAIN, Layer, create_layer, layer_type_list, register
-from . import (common, data, loss, neuron, normalization, python_layer,  # noqa: F401  (registration)
-               recurrent, vision)
+from . import (common, data, forks, loss, neuron, normalization,  # noqa: F401  (registration)
+               python_layer, recurrent, vision)
 
 __all__ = ["LAYER_REGISTRY", "TEST", "TRAIN", "Layer", "create_layer", "layer_type_list", "register"]
 

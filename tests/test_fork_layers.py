@@ -1,0 +1,107 @@
+"""The forks' small layers: ReLU6 and Axpy."""
+import numpy as np
+import pytest
+
+from protonet import ProtonetError
+from protonet.testing import check_gradients, make_layer, run_layer, setup_layer
+
+torch = pytest.importorskip("torch")
+
+
+def away_from_kinks(shape, seed=0):
+    """Values in (-3, 9) at least 0.05 away from the kinks at 0 and 6."""
+    x = np.random.default_rng(seed).uniform(-3, 9, shape)
+    for kink in (0.0, 6.0):
+        near = np.abs(x - kink) < 0.05
+        x[near] += 0.1
+    return x
+
+
+# -- ReLU6 ---------------------------------------------------------------------------------------
+def test_relu6_matches_torch():
+    x = away_from_kinks((2, 3, 4, 5)).astype(np.float32)
+    (y,) = run_layer(make_layer('type: "ReLU6"', dtype=np.float32), [x])
+    np.testing.assert_array_equal(y, torch.nn.functional.relu6(torch.from_numpy(x)).numpy())
+
+
+def test_relu6_negative_slope():
+    x = np.array([-2.0, 0.5, 7.0])
+    (y,) = run_layer(make_layer('type: "ReLU6" relu_param { negative_slope: 0.1 }'), [x])
+    np.testing.assert_allclose(y, [-0.2, 0.5, 6.0])
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_relu6_gradients(slope):
+    check_gradients(make_layer(f'type: "ReLU6" relu_param {{ negative_slope: {slope} }}'),
+                    [away_from_kinks((2, 3, 4))])
+
+
+def test_relu6_in_place_keeps_the_input_mask():
+    layer = make_layer('type: "ReLU6"')
+    x = np.array([-1.0, 3.0, 8.0])
+    bottom, top = setup_layer(layer, [x], num_top=1)
+    top = bottom                                   # in place
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(bottom[0].data, [0.0, 3.0, 6.0])
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, [0.0, 1.0, 0.0])
+
+
+def test_relu6_agrees_with_opencv(tmp_path):
+    from opencv_oracle import protonet_and_opencv
+    net = """input: "data" input_shape { dim: 2 dim: 3 dim: 6 dim: 6 }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+      convolution_param { num_output: 4 kernel_size: 3
+        weight_filler { type: "gaussian" std: 2 } bias_filler { type: "constant" value: 1 } } }
+    layer { name: "act" type: "ReLU6" bottom: "conv" top: "act" }"""
+    x = np.random.default_rng(1).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    ours, theirs = protonet_and_opencv(tmp_path, net, {"data": x}, ["act"])
+    assert ours["act"].max() == 6.0 and ours["act"].min() == 0.0
+    np.testing.assert_allclose(ours["act"], theirs["act"], rtol=1e-5, atol=1e-5)
+
+
+# -- Axpy -----------------------------------------------------------------------------------------
+def axpy_inputs(scale_shape=(2, 3, 1, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=scale_shape), rng.normal(size=(2, 3, 4, 5)),
+            rng.normal(size=(2, 3, 4, 5))]
+
+
+@pytest.mark.parametrize("scale_shape", [(2, 3, 1, 1), (2, 3)])
+def test_axpy_forward(scale_shape):
+    a, x, y = axpy_inputs(scale_shape)
+    (f,) = run_layer(make_layer('type: "Axpy"'), [a, x, y])
+    np.testing.assert_allclose(f, a.reshape(2, 3, 1, 1) * x + y, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale_shape", [(2, 3, 1, 1), (2, 3)])
+def test_axpy_gradients(scale_shape):
+    check_gradients(make_layer('type: "Axpy"'), axpy_inputs(scale_shape))
+
+
+def test_axpy_in_place_on_y():
+    layer = make_layer('type: "Axpy"')
+    a, x, y = axpy_inputs()
+    bottom, top = setup_layer(layer, [a, x, y], num_top=1)
+    top = [bottom[2]]
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_allclose(bottom[2].data, a * x + y, rtol=1e-12)
+    g = np.random.default_rng(5).normal(size=x.shape)
+    top[0].diff[...] = g
+    layer.backward(top, [True, True, True], bottom)
+    np.testing.assert_allclose(bottom[1].diff, a * g, rtol=1e-12)
+    np.testing.assert_allclose(bottom[2].diff, g, rtol=1e-12)
+    np.testing.assert_allclose(bottom[0].diff, (g * x).sum(axis=(2, 3), keepdims=True))
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ([(2, 4, 1, 1), (2, 3, 4, 5), (2, 3, 4, 5)], "N x C"),
+    ([(2, 3, 2, 1), (2, 3, 4, 5), (2, 3, 4, 5)], "N x C"),
+    ([(2, 3), (2, 3, 4, 5), (2, 3, 4, 4)], "same shape"),
+])
+def test_axpy_shape_errors_name_the_layer(shapes, message):
+    with pytest.raises(ProtonetError, match=f"layer 'axpy'.*{message}.*bottoms"):
+        run_layer(make_layer('type: "Axpy"'), [np.zeros(s) for s in shapes])
