@@ -17,6 +17,24 @@ from .layers import TEST
 from .net import Net
 
 
+def input_transformer(net: Net, mean=None, input_scale=None, raw_scale=None,
+                      channel_swap=None) -> Transformer:
+    """A :class:`~protonet.io.Transformer` for the net's first input: H x W x K images to
+    K x H x W, then each of the given steps (pycaffe's Classifier and Detector setup)."""
+    in_ = net.inputs[0]
+    transformer = Transformer({in_: net.blobs[in_].data.shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 class Classifier(Net):
     """A TEST-phase :class:`~protonet.net.Net` with a :class:`~protonet.io.Transformer` for
     its first input.
@@ -37,16 +55,7 @@ class Classifier(Net):
             raise ProtonetError(f"{model_file}: a Classifier needs a net with an input "
                                 "(an Input layer or input: fields)")
         in_ = self.inputs[0]
-        self.transformer = Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         if image_dims is None or not len(image_dims):
             image_dims = self.crop_dims

@@ -122,11 +122,11 @@ def _mappable_bottoms(top) -> tuple:
 
 def _maps_to_ancestors(top) -> dict:
     """``{ancestor top: map from the ancestor's coordinates to top's}``, walking back
-    through every layer that has a map."""
+    breadth-first (nearest ancestors first) through every layer that has a map."""
     maps = {top: (None, 1, 0)}
     frontier = [top]
     while frontier:
-        current = frontier.pop()
+        current = frontier.pop(0)
         try:
             step = coord_map(current.fn)
         except UndefinedMapException:
@@ -141,23 +141,13 @@ def _maps_to_ancestors(top) -> dict:
 def coord_map_from_to(top_from, top_to) -> tuple:
     """The map ``(axis, a, b)`` from ``top_from``'s coordinates to ``top_to``'s:
     ``to = a * from + b`` (so cropping ``top_from`` to ``top_to`` takes offset ``-b``,
-    where ``a`` is 1). Raises :class:`UnconnectedTopsError` (a ``RuntimeError``)
-    when no chain of spatial layers joins them."""
+    where ``a`` is 1), through their nearest common ancestor. Raises
+    :class:`UnconnectedTopsError` (a ``RuntimeError``) when no chain of spatial layers
+    joins them."""
     from_maps = _maps_to_ancestors(top_from)
-    to_maps = {top_to: (None, 1, 0)}
-    frontier = [top_to]
-    while frontier:
-        current = frontier.pop(0)
-        if current in from_maps:
-            return compose(to_maps[current], inverse(from_maps[current]))
-        try:
-            step = coord_map(current.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mappable_bottoms(current):
-            if bottom not in to_maps:
-                to_maps[bottom] = compose(to_maps[current], step)
-                frontier.append(bottom)
+    for ancestor, to_map in _maps_to_ancestors(top_to).items():
+        if ancestor in from_maps:
+            return compose(to_map, inverse(from_maps[ancestor]))
     raise UnconnectedTopsError("could not map coordinates between the tops: no chain of "
                                "spatial layers joins them")
 

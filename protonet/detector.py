@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import ProtonetError
-from .io.pycaffe_io import Transformer, load_image, resize_image
+from .classifier import input_transformer
+from .io.pycaffe_io import load_image, resize_image
 from .layers import TEST
 from .net import Net
 
@@ -44,17 +45,7 @@ class Detector(Net):
         if not self.inputs:
             raise ProtonetError(f"{model_file}: a Detector needs a net with an input "
                                 "(an Input layer or input: fields)")
-        in_ = self.inputs[0]
-        self.transformer = Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     # -- detection ----------------------------------------------------------------------------
