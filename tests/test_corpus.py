@@ -7,6 +7,7 @@ import pytest
 import protonet
 from protonet.io import read_net, read_solver
 from protonet.io.prototxt import ProtonetWarning
+from protonet.proto import caffe_pb2
 
 from conftest import corpus_dir
 
@@ -46,6 +47,7 @@ def test_corpus_present():
     if not ROWS:
         pytest.skip("prototxt corpus not found (set PROTONET_CORPUS)")
     assert len(LOADABLE) > 90 and len(MIXED) == 2 and len(FORK_FIELDS) >= 10
+    assert len(FORK_KNOWN) >= 10  # SSD, Faster R-CNN and DenseNet files
 
 
 @pytest.mark.parametrize("row", LOADABLE, ids=ids(LOADABLE))
@@ -69,11 +71,37 @@ def test_netscope_mixed_files_need_lenient(row):
     assert all(layer.type for layer in net.layer)
 
 
-@pytest.mark.parametrize("row", FORK_FIELDS, ids=ids(FORK_FIELDS))
-def test_fork_only_fields_fail_strict_and_load_lenient(row):
-    # the manifest records where Caffe's own parser stops, e.g. "FAIL: 54:5 : ... 'ceil_mode'."
-    where = row["parses_with_bvlc_proto"].split()[1]  # "54:5"
-    field = row["parses_with_bvlc_proto"].split("named")[-1].strip(" '\".")
+def _stopping_field(row):
+    """(message, field) where BVLC's parser stops, from e.g. "FAIL: 54:5 : Message type
+    'caffe.PoolingParameter' has no field named 'ceil_mode'." in the manifest."""
+    text = row["parses_with_bvlc_proto"]
+    message = text.split("Message type")[-1].split()[0].strip(" '\"").split(".")[-1]
+    return message, text.split("named")[-1].strip(" '\".")
+
+
+def _in_schema(row):
+    """Whether protonet's schema carries the field from a Caffe fork (see
+    tests/test_schema_forks.py); then the file parses strictly here."""
+    message, field = _stopping_field(row)
+    return field in getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name
+
+
+FORK_KNOWN = [r for r in FORK_FIELDS if _in_schema(r)]
+FORK_UNKNOWN = [r for r in FORK_FIELDS if not _in_schema(r)]
+
+
+@pytest.mark.parametrize("row", FORK_KNOWN, ids=ids(FORK_KNOWN))
+def test_files_using_fork_fields_in_the_schema_parse_strictly(row):
+    message = read(row)
+    if row["kind"] != "solver":
+        assert len(message.layer) > 0 and all(layer.type for layer in message.layer)
+
+
+@pytest.mark.parametrize("row", FORK_UNKNOWN, ids=ids(FORK_UNKNOWN))
+def test_fields_of_no_fork_fail_strict_and_load_lenient(row):
+    # the manifest records where Caffe's own parser stops, e.g. "FAIL: 18:1 : ... 'stepearly'."
+    where = row["parses_with_bvlc_proto"].split()[1]  # "18:1"
+    field = _stopping_field(row)[1]
     with pytest.raises(protonet.ProtonetError) as err:
         read(row)
     message = str(err.value)

@@ -5,6 +5,10 @@ BVLC Caffe (field numbers, labels, types, defaults, packed encoding, enum
 values -- the tables below are facts taken from BVLC/caffe master's
 src/caffe/proto/caffe.proto at 9b891540), text/binary round trips, and (slow)
 loading under the oldest supported protobuf runtime.
+
+The schema also carries the Caffe forks' messages and fields
+(tests/test_schema_forks.py lists them); the BVLC checks here leave exactly
+those out and require everything else to be BVLC's, in BVLC's order.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import pytest
 from google.protobuf import descriptor_pb2, text_format
 
 from protonet.proto import caffe_pb2
+
+from test_schema_forks import FORK_FIELDS, FORK_MESSAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_FILE = REPO_ROOT / "proto" / "caffe.proto"
@@ -82,9 +88,36 @@ def _field_row(f):
     return _canon((f.name, f.number, _LABELS[f.label], type_name, default))
 
 
-def _fields(message_name):
+def _fields(message_name, forks=False):
+    """The rows of a message's fields; BVLC's only unless ``forks``."""
     msgs = dict(_messages(_file_proto()))
-    return [_field_row(f) for f in msgs[message_name].field]
+    return [_field_row(f) for f in msgs[message_name].field
+            if forks or (message_name, f.name) not in FORK_FIELDS]
+
+
+def _is_fork_message(full_name):
+    return full_name.split(".")[0] in FORK_MESSAGES
+
+
+def bvlc_part(fdp):
+    """A copy of ``fdp`` without the forks' messages and fields: BVLC's schema."""
+    out = descriptor_pb2.FileDescriptorProto()
+    out.CopyFrom(fdp)
+    keep = [m for m in out.message_type if m.name not in FORK_MESSAGES]
+    del out.message_type[:]
+    out.message_type.extend(keep)
+
+    def strip(msg, prefix):
+        full = prefix + msg.name
+        kept = [f for f in msg.field if (full, f.name) not in FORK_FIELDS]
+        del msg.field[:]
+        msg.field.extend(kept)
+        for nested in msg.nested_type:
+            strip(nested, full + ".")
+
+    for msg in out.message_type:
+        strip(msg, "")
+    return out
 
 
 def schema_rows(fdp):
@@ -589,15 +622,30 @@ def test_descriptor_file_name_and_package():
 
 
 def test_whole_schema_matches_bvlc_fingerprint():
-    rows = schema_rows(_file_proto())
-    assert schema_fingerprint(_file_proto()) == BVLC_SCHEMA_FINGERPRINT, (
-        "schema differs from BVLC caffe.proto; the per-message tests below "
-        f"say where ({len(rows)} rows)"
+    bvlc = bvlc_part(_file_proto())
+    rows = schema_rows(bvlc)
+    assert schema_fingerprint(bvlc) == BVLC_SCHEMA_FINGERPRINT, (
+        "schema (fork additions left out) differs from BVLC caffe.proto; the "
+        f"per-message tests below say where ({len(rows)} rows)"
     )
 
 
+def test_fork_additions_are_all_listed():
+    """Everything beyond BVLC's schema is in test_schema_forks' tables."""
+    fdp = _file_proto()
+    names = {full for full, _ in _messages(fdp)}
+    fields = {(full, f.name) for full, msg in _messages(fdp) for f in msg.field
+              if not _is_fork_message(full)}
+    assert FORK_FIELDS <= fields
+    assert set(FORK_MESSAGES) <= names
+    # what is left after taking them out is BVLC's, row count included
+    assert len(schema_rows(fdp)) > len(schema_rows(bvlc_part(fdp)))
+
+
 def test_top_level_messages_match_bvlc():
-    assert [m.name for m in _file_proto().message_type] == BVLC_MESSAGES
+    names = [m.name for m in _file_proto().message_type]
+    assert [n for n in names if n not in FORK_MESSAGES] == BVLC_MESSAGES
+    assert names == BVLC_MESSAGES + FORK_MESSAGES  # the forks' messages all come last
     assert [e.name for e in _file_proto().enum_type] == ["Phase"]
 
 
@@ -685,7 +733,7 @@ def test_default_values(message, field, value):
 
 def test_packed_fields_are_exactly_bvlcs():
     packed = set()
-    for full, msg in _messages(_file_proto()):
+    for full, msg in _messages(_file_proto()):  # forks' too: none of theirs is packed
         for f in msg.field:
             if f.options.HasField("packed"):
                 assert f.options.packed, f"{full}.{f.name} has packed=false"
