@@ -61,13 +61,25 @@ def _stages(args) -> list[str]:
 
 
 def cmd_summary(args) -> int:
-    from .net import Net
-    from .tools.summary import format_table, summarize, to_json
-    # shapes only: nothing is allocated, so no memory limit; Python layers stay opaque
-    net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
-              lenient=args.lenient, init_weights=False, memory_limit=0,
-              opaque_python_layers=True, shape_overrides=dict(args.input_shape))
-    summary = summarize(net)
+    from .tools.summary import format_table, to_json
+    if args.lenient:
+        # a net that cannot be built still gets every shape its definition determines
+        from .io import read_net
+        from .io.prototxt import ProtonetWarning
+        from .tools.shapes import summarize_param
+        summary = summarize_param(read_net(args.net, lenient=True), args.phase, args.level,
+                                  _stages(args), dict(args.input_shape), source=args.net)
+        for note in summary["notes"]:
+            warnings.warn(note, ProtonetWarning)
+    else:
+        from .net import Net
+        from .tools.summary import summarize
+        # shapes only: nothing is allocated, so no memory limit; Python layers stay opaque
+        net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
+                  lenient=False, init_weights=False, memory_limit=0,
+                  opaque_python_layers=True, shape_overrides=dict(args.input_shape))
+        summary = summarize(net)
+        net.close()
     print(to_json(summary) if args.json else format_table(summary))
     return 0
 

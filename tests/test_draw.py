@@ -166,7 +166,7 @@ def test_phase_all_train_and_input_shapes():
     assert len([e for e in both.edges if e.dst == conv1]) == 2
     train = draw.build_drawing(param, phase="TRAIN")
     assert "Accuracy" not in [n.type for n in train.nodes]
-    assert train.notes and "input-shape" in train.notes[0]          # no LMDB here: no shapes
+    assert train.notes and "input-shape" in train.notes[0]          # no LMDB: inferred shapes
     shaped = draw.build_drawing(param, phase="TRAIN",
                                 input_shapes={"data": (64, 1, 28, 28), "label": (64,)})
     assert not shaped.notes
@@ -186,7 +186,7 @@ layer { name: "orphan" type: "ReLU" bottom: "ghost" top: "orphan" }
     d = draw.build_drawing(param)
     names = {n.name: n for n in d.nodes}
     assert names["conv"].lines[-1] == ("1×4×6×6", "shape")
-    assert not any(s == "shape" for _, s in names["ip"].lines)
+    assert names["ip"].lines[-1] == ("?×2", "shape")   # past the opaque layer: [N, num_output]
     assert d.notes and "Python" in d.notes[0]
     assert names["ghost"].implicit                     # a blob nobody produces
     assert b"stroke-dasharray" in draw.render(d, "svg")
@@ -357,7 +357,7 @@ def test_cli_draw(tmp_path, capsys):
     assert main(["draw", corpus_path(LENET_TRAIN_TEST), str(html), "--format", "html",
                  "--phase", "train", "--rankdir", "lr", "--display-lrm"]) == 0
     err = capsys.readouterr().err
-    assert "note: shapes stop" in err and "input-shape" in err
+    assert "note: layer 'mnist' (Data): shapes inferred" in err and "input-shape" in err
     assert "lr 1, 2" in html.read_text()
     assert main(["draw", "models/lenet/lenet.prototxt", str(tmp_path / "x.jpg")]) == 1
     assert "cannot tell the format" in capsys.readouterr().err

@@ -69,7 +69,10 @@ def test_inspection_never_imports_python_layers(tmp_path, write, capsys, monkeyp
         f"open({str(marker)!r}, 'w').write('ran')\nclass Data: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     path = write(FCN_PYTHON)
-    assert main(["summary", path]) == 1
+    assert main(["summary", "--strict", path]) == 1
+    err = capsys.readouterr().err
+    assert "Python layer (module 'evil_module_that_must_not_load')" in err and "--input-shape" in err
+    assert main(["summary", path]) == 0  # by default: an opaque layer with ? tops, and a warning
     err = capsys.readouterr().err
     assert "Python layer (module 'evil_module_that_must_not_load')" in err and "--input-shape" in err
     assert main(["summary", path, "--input-shape", "data=1,3,8,8",

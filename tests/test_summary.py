@@ -41,7 +41,8 @@ def test_caffenet_deploy(corpus, capsys):
     assert s["totals"]["params"] == 60965224
     conv2 = next(l for l in s["layers"] if l["name"] == "conv2")
     assert conv2["macc"] == 5 * 5 * 48 * 256 * 27 * 27 * 10  # group 2
-    assert set(s) == {"name", "phase", "layers", "totals"}
+    assert set(s) == {"name", "phase", "layers", "totals", "notes"}
+    assert s["notes"] == [] and s["totals"]["partial"] is False
     assert set(s["layers"][0]) == {"name", "type", "bottoms", "tops", "top_shapes",
                                    "param_shapes", "params", "macc", "activation_bytes"}
 
@@ -108,7 +109,7 @@ def test_data_layer_shape_comes_from_the_first_record(tmp_path, write, capsys):
 
 def test_missing_source_names_layer_and_path_or_takes_input_shape(write, capsys):
     path = write(DATA_NET.format(source="no/such_lmdb", crop=""))
-    assert main(["summary", path]) == 1
+    assert main(["summary", "--strict", path]) == 1  # without --strict: inferred shapes
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "layer 'mnist'" in err and "no/such_lmdb" in err
     assert "--input-shape" in err

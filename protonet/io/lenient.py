@@ -6,7 +6,10 @@ files that mix ``layer {}`` with legacy ``layers {}`` entries (each legacy
 entry is upgraded where it stands, so file order is kept), V1 enum names
 that V1 never had (``type: CROP``), lower-case layer types (``"data"`` with an
 ``input_param`` is an ``Input`` layer), and unknown fields. Every dropped or
-guessed item produces exactly one warning naming file:line:column.
+guessed item produces exactly one warning naming file:line:column. A value that a known
+field cannot hold (``pool: MEDIAN``, ``dim: "four"``, a negative ``kernel_size``) is an
+error naming file:line:column, as in strict mode; a file that ends inside a block names
+the ``{`` left open.
 """
 from __future__ import annotations
 
@@ -80,15 +83,22 @@ class _Parser:
     def __init__(self, tokens, path):
         self.tokens, self.i, self.path = tokens, 0, path
         self.depth = 0
+        self.open: list[Token] = []  # the '{', '<' and '[' not closed yet
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
 
     def fail(self, message, tok=None):
         tok = tok or self.peek()
-        where = f"{tok.line}:{tok.col}" if tok else "end of file"
-        near = f" (near '{tok.text}')" if tok else ""
-        return ProtonetError(f"{self.path}:{where}: {message}{near}")
+        if tok is None:  # at end of file: name the innermost bracket left open
+            if "end of file" not in message:
+                message += " at end of file"
+            if self.open:
+                o = self.open[-1]
+                return ProtonetError(f"{self.path}:{o.line}:{o.col}: {message}; the '{o.text}' "
+                                     "here is never closed")
+            return ProtonetError(f"{self.path}: {message}")
+        return ProtonetError(f"{self.path}:{tok.line}:{tok.col}: {message} (near '{tok.text}')")
 
     def next(self):
         tok = self.peek()
@@ -126,17 +136,23 @@ class _Parser:
             if self.depth >= MAX_DEPTH:
                 raise self.fail(f"blocks nested more than {MAX_DEPTH} deep", tok)
             self.depth += 1
+            self.open.append(tok)
             block = Block(self.entries("}" if tok.text == "{" else ">"), tok.line, tok.col)
+            self.open.pop()
             self.depth -= 1
             return [block]
         if not had_colon:
             raise self.fail("expected ':' or '{' after the field name", tok)
         if tok.text == "[":
             items = []
+            self.open.append(tok)
             while self.peek() is not None and self.peek().text != "]":
                 items.extend(self.value(True))
                 if self.peek() is not None and self.peek().text == ",":
                     self.i += 1
+            if self.peek() is None:
+                raise self.fail("missing ']'")
+            self.open.pop()
             self.next()
             return items
         if tok.kind not in ("string", "number", "ident"):
@@ -238,18 +254,23 @@ class _Applier:
             for value in entry.values:
                 self.assign(msg, fd, value, entry)
 
+    def error(self, where, message) -> ProtonetError:
+        return ProtonetError(f"{self.path}:{where.line}:{where.col}: {message}")
+
     def assign(self, msg, fd, value, entry):
+        """Set one value of a known field; a value the field cannot hold is an error, as in
+        strict mode (only unknown fields and layer types are tolerated)."""
         repeated = is_repeated(fd)
+        where = f"{msg.DESCRIPTOR.name}.{fd.name}"
         if fd.message_type is not None:
             if not isinstance(value, Block):
-                self.note(value, f"dropped '{entry.key}': expected a {{ ... }} block")
-                return
+                raise self.error(value, f"{where} expects a {{ ... }} block, got "
+                                        f"'{value.text}'")
             sub = getattr(msg, fd.name).add() if repeated else getattr(msg, fd.name)
             self.apply(value.entries, sub)
             return
         if isinstance(value, Block):
-            self.note(value, f"dropped '{entry.key}': expected a value, not a block")
-            return
+            raise self.error(value, f"{where} expects a value, not a {{ ... }} block")
         try:
             converted = _convert(fd, value)
         except _Guess as guess:
@@ -259,20 +280,21 @@ class _Applier:
             if isinstance(msg, caffe_pb2.V1LayerParameter) and fd.name == "type":
                 self.unknown_v1_type[id(msg)] = value.text
                 return
-            self.note(value, f"dropped '{entry.key}': {err}")
-            return
-        if repeated:
-            getattr(msg, fd.name).append(converted)
-        else:
-            if msg.HasField(fd.name):
-                self.note(value, f"'{fd.name}' given more than once; the last value wins")
-            setattr(msg, fd.name, converted)
+            raise self.error(value, f"{where}: {err}") from None
+        try:
+            if repeated:
+                getattr(msg, fd.name).append(converted)
+            else:
+                if msg.HasField(fd.name):
+                    self.note(value, f"'{fd.name}' given more than once; the last value wins")
+                setattr(msg, fd.name, converted)
+        except (ValueError, TypeError) as err:  # out of range (a negative unsigned value)
+            raise self.error(value, f"{where}: '{value.text}' is out of range ({err})") from None
 
     def legacy_layer(self, block, net):
         """A ``layers {}`` entry: V0 stays for the upgrader; V1 is upgraded where it stands."""
         if not isinstance(block, Block):
-            self.note(block, "dropped 'layers': expected a { ... } block")
-            return
+            raise self.error(block, f"'layers' expects a {{ ... }} block, got '{block.text}'")
         v1 = caffe_pb2.V1LayerParameter()
         self.apply(block.entries, v1)
         if v1.HasField("layer"):  # V0: leave for upgrade_net, which handles whole V0 nets

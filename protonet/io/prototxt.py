@@ -76,8 +76,30 @@ def parse_text(text: str, message, path: str = "<string>"):
         where = f"{path}:{line}:{column}" if line is not None else path
         token = _token_at(text, line, column) if line is not None else ""
         near = f" (near '{token}')" if token else ""
-        raise ProtonetError(f"{where}: {detail.strip()}{near}") from None
+        unclosed = _unclosed_block(text, line, column) if line is not None else ""
+        detail = detail.strip().rstrip(".") if unclosed else detail.strip()
+        raise ProtonetError(f"{where}: {detail}{unclosed}{near}") from None
     return message
+
+
+def _unclosed_block(text: str, line: int, column: int) -> str:
+    """For an error at the file's last token: where the block left open begins, if one is."""
+    from .lenient import tokenize
+    try:
+        tokens = tokenize(text, "")
+    except ProtonetError:
+        return ""
+    if not tokens or (line, column) < (tokens[-1].line, tokens[-1].col):
+        return ""
+    stack = []
+    for tok in tokens:
+        if tok.kind == "punct" and tok.text in "{<[":
+            stack.append(tok)
+        elif tok.kind == "punct" and tok.text in "}>]" and stack:
+            stack.pop()
+    if not stack:
+        return ""
+    return f"; the '{stack[-1].text}' at {stack[-1].line}:{stack[-1].col} is never closed"
 
 
 def _parse_any(text: str, message, path: str, lenient: bool):

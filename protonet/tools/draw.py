@@ -30,7 +30,6 @@ import html
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,7 +159,7 @@ class Drawing:
 
 
 def _dims(text_values) -> str:
-    return "×".join(str(int(d)) for d in text_values)
+    return "×".join("?" if d is None else str(int(d)) for d in text_values)
 
 
 def _num(v) -> str:
@@ -316,7 +315,11 @@ def _wrap(items: list[str], limit: int = MAX_CHARS) -> list[str]:
 
 
 def _shape_text(shape) -> str:
-    return _dims(shape) if len(shape) else "scalar"
+    return "?" if shape is None else _dims(shape) if len(shape) else "scalar"
+
+
+def _json_shape(shape):
+    return None if shape is None else list(shape)
 
 
 def _clip(text: str, limit: int = MAX_CHARS) -> str:
@@ -743,50 +746,13 @@ def _ports(chains, pos, csize, outgoing: bool) -> list[float]:
     return ports
 
 
-# -- shapes and costs from a built net --------------------------------------------------------
-def net_shapes(param, phase: int, level: int = 0, stages=(), input_shapes=None):
-    """({blob: shape}, {layer name: summary row}, totals, note) from building ``param`` for
-    shapes only. A layer that cannot be built (a missing database, a Python layer, an
-    unsupported type) ends the shapes there: the longest buildable prefix still gives
-    shapes, and ``note`` says why the rest has none."""
-    from ..net import Net
-    from .summary import summarize
-
-    def build(p):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Net(p, phase, level=level, stages=list(stages), init_weights=False,
-                       seed=0, shape_overrides=dict(input_shapes or {}), memory_limit=0,
-                       opaque_python_layers=True)
-
-    def prefix(k):
-        out = caffe_pb2.NetParameter()
-        out.CopyFrom(param)
-        del out.layer[k:]
-        return out
-
-    note = None
-    try:
-        net = build(param)
-    except Exception:  # noqa: BLE001 -- any failure only costs the shapes
-        lo, hi, net = 0, len(param.layer) - 1, None
-        while lo < hi:  # the longest prefix that builds
-            mid = (lo + hi + 1) // 2
-            try:
-                candidate = build(prefix(mid))
-            except Exception:  # noqa: BLE001
-                hi = mid - 1
-            else:
-                lo, net = mid, candidate
-        try:  # why the next layer fails: the note
-            build(prefix(lo + 1))
-        except Exception as e:  # noqa: BLE001
-            note = str(e)
-    if net is None:
-        return {}, {}, {}, note
-    shapes = {name: tuple(b.shape) for name, b in net.blobs.items()}
-    summary = summarize(net)
-    return shapes, {row["name"]: row for row in summary["layers"]}, summary["totals"], note
+# -- shapes and costs: a built net's, else protonet.tools.shapes' partial ones ----------------
+def net_shapes(param, phase: int, level: int = 0, stages=(), input_shapes=None, source=None):
+    """({blob: shape}, {layer name: summary row}, totals, notes) of ``param`` (shapes only):
+    Caffe's when the net builds; else every shape its definition determines, None (``?``)
+    for the rest, and notes saying what was guessed and why."""
+    from .shapes import net_shapes as shapes_of
+    return shapes_of(param, phase, level, stages, input_shapes, source)
 
 
 # -- the whole pipeline -----------------------------------------------------------------------
@@ -806,9 +772,10 @@ def filter_phase(param, phase, level: int = 0, stages=()):
 
 
 def build_drawing(param, rankdir: str = "TB", phase="TEST", level: int = 0, stages=(),
-                  input_shapes=None, display_lrm: bool = False, shapes: bool = True) -> Drawing:
+                  input_shapes=None, display_lrm: bool = False, shapes: bool = True,
+                  source: str | None = None) -> Drawing:
     """Lay out a NetParameter as a :class:`Drawing` (shapes and costs computed unless
-    ``shapes=False``)."""
+    ``shapes=False``; ``source``, the prototxt's path, places the notes at file:line:column)."""
     from ..io import write_text
     filtered = filter_phase(param, phase, level, stages)
     blob_shapes, rows, totals, notes = {}, {}, {}, []
@@ -817,14 +784,14 @@ def build_drawing(param, rankdir: str = "TB", phase="TEST", level: int = 0, stag
             [_PHASES[phase.upper()] if isinstance(phase, str) else phase]
         for ph in phases:
             src = filter_phase(param, ph, level, stages) if filtered is param else filtered
-            s, r, t, note = net_shapes(src, ph, level, stages, input_shapes)
+            s, r, t, phase_notes = net_shapes(src, ph, level, stages, input_shapes, source)
             for k, v in s.items():
                 blob_shapes.setdefault(k, v)
             for k, v in r.items():
                 rows.setdefault(k, v)
             totals = totals or t
-            if note and ph == phases[0]:
-                notes.append(f"shapes stop where the net cannot be built: {note}")
+            if ph == phases[0]:
+                notes.extend(phase_notes)
     nodes, edges = build_graph(filtered, blob_shapes, display_lrm, show_phase=filtered is param)
     width, height = layout(nodes, edges, rankdir)
     details = []
@@ -834,18 +801,16 @@ def build_drawing(param, rankdir: str = "TB", phase="TEST", level: int = 0, stag
             row = rows.get(lp.name, {})
             entries.append({
                 "name": lp.name, "type": lp.type, "text": write_text(lp).rstrip(),
-                "tops": [[t, list(blob_shapes[t]) if t in blob_shapes else None]
-                         for t in lp.top],
+                "tops": [[t, _json_shape(blob_shapes.get(t))] for t in lp.top],
                 "bottoms": list(lp.bottom),
                 "params": row.get("params"), "param_shapes": row.get("param_shapes"),
                 "macc": row.get("macc"), "activation_bytes": row.get("activation_bytes"),
             })
         details.append({"key": nd.key, "implicit": nd.implicit, "layers": entries,
-                        "tops": [[t, list(blob_shapes[t]) if t in blob_shapes else None]
-                                 for t in nd.tops]})
+                        "tops": [[t, _json_shape(blob_shapes.get(t))] for t in nd.tops]})
     if not totals and rows:
-        totals = {"params": sum(r["params"] for r in rows.values()),
-                  "macc": sum(r["macc"] for r in rows.values())}
+        totals = {"params": sum(r["params"] or 0 for r in rows.values()),
+                  "macc": sum(r["macc"] or 0 for r in rows.values())}
     return Drawing(name=param.name or "net", nodes=nodes, edges=edges, width=width,
                    height=height, rankdir=rankdir.upper(), shapes=blob_shapes, details=details,
                    totals=totals, notes=notes)
@@ -879,7 +844,8 @@ def draw_to_file(net, out_path: str, rankdir: str = "TB", phase="TEST", level: i
     if fmt not in FORMATS + ("raw", "gv"):
         raise ProtonetError(f"{out_path}: cannot tell the format from the extension; use "
                             f"one of .{', .'.join(FORMATS)}")
-    drawing = build_drawing(param, rankdir, phase, level, stages, input_shapes, display_lrm)
+    drawing = build_drawing(param, rankdir, phase, level, stages, input_shapes, display_lrm,
+                            source=None if isinstance(net, caffe_pb2.NetParameter) else str(net))
     data = render(drawing, fmt)
     from ..io.atomic import atomic_write
     atomic_write(str(out_path), data)
@@ -1113,7 +1079,8 @@ function human(n){var s=['','K','M','G','T'],i=0;while(Math.abs(n)>=1000&&i<4){n
  return i?n.toFixed(2)+s[i]:String(Math.round(n))}
 function bytes(n){var s=['B','KiB','MiB','GiB'],i=0;while(n>=1024&&i<3){n/=1024;i++}
  return i?n.toFixed(1)+' '+s[i]:n+' B'}
-function shape(s){return s===null?'?':(s.length?s.join('\u00d7'):'scalar')}
+function shape(s){return s===null?'?':(s.length?s.map(function(d){return d===null?'?':d})
+ .join('\u00d7'):'scalar')}
 function el(tag,text,parent){var e=document.createElement(tag);
  if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e}
 function row(t,k,v){var r=el('tr',undefined,t);el('td',k,r);el('td',v,r)}
@@ -1123,10 +1090,10 @@ function show(i,ev){
   el('h2',l.name+' ('+l.type+')',tip);var t=el('table',undefined,tip);
   if(l.bottoms.length)row(t,'bottoms',l.bottoms.join(', '));
   l.tops.forEach(function(p){row(t,'top '+p[0],shape(p[1]))});
-  if(l.params!==null&&l.params!==undefined){
-   row(t,'parameters',l.params.toLocaleString()+(l.param_shapes&&l.param_shapes.length?
-     '  ('+l.param_shapes.map(shape).join(', ')+')':''));
-   row(t,'MACC',human(l.macc));row(t,'activations',bytes(l.activation_bytes));}
+  if(l.param_shapes){function q(v,f){return v===null?'?':f(v)}
+   row(t,'parameters',q(l.params,function(v){return v.toLocaleString()})+(l.param_shapes&&
+     l.param_shapes.length?'  ('+l.param_shapes.map(shape).join(', ')+')':''));
+   row(t,'MACC',q(l.macc,human));row(t,'activations',q(l.activation_bytes,bytes));}
   el('pre',l.text,tip);});
  if(d.implicit){el('h2','blob '+d.tops[0][0],tip);el('div','shape '+shape(d.tops[0][1])+
   ' (no layer produces it)',tip)}
@@ -1159,10 +1126,11 @@ def to_html(drawing: Drawing) -> str:
                                                                               "<\\!--")
     layers = sum(len(d["layers"]) for d in drawing.details)
     stats = [f"{layers} layers in {len(drawing.nodes)} boxes"]
+    known = "≥ " if drawing.totals.get("partial") else ""  # the totals leave out what is ?
     if drawing.totals.get("params") is not None:
-        stats.append(f"{drawing.totals['params']:,} parameters")
+        stats.append(f"{known}{drawing.totals['params']:,} parameters")
     if drawing.totals.get("macc") is not None:
-        stats.append(f"{_human(drawing.totals['macc'])} MACC")
+        stats.append(f"{known}{_human(drawing.totals['macc'])} MACC")
     notes = "".join(f'<span class="note">{esc(n)}</span>' for n in drawing.notes)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

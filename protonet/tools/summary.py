@@ -1,7 +1,9 @@
 """Per-layer shapes, parameter counts, multiply-accumulates and activation memory.
 
 What the Netscope CNN Analyzer shows, computed with Caffe's exact shape rules
-from a built (but not weight-initialised) :class:`protonet.net.Net`.
+from a built (but not weight-initialised) :class:`protonet.net.Net`; for a net that
+cannot be built, :mod:`protonet.tools.shapes` gives the same dict with None (``?``)
+where the definition does not say.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from ..layers import TRAIN
 
 
 def summarize(net) -> dict:
-    """The summary as one JSON-ready dict (see ``protonet summary --json``)."""
+    """The summary as one JSON-ready dict (see ``protonet summary --json``): ``layers``
+    rows with ``top_shapes`` ([N, C, H, W]-style lists), ``totals`` (``partial`` is always
+    false here) and ``notes`` (always empty here)."""
     layers = []
-    seen_params: set[int] = set()
-    total_params = total_macc = total_act = 0
+    total_macc = total_act = 0
     for layer, name, bottoms, tops, bottom_names, top_names in zip(
             net.layers, net.layer_names, net.bottom_vecs, net.top_vecs, net.layer_bottoms,
             net.layer_tops):
@@ -30,17 +33,16 @@ def summarize(net) -> dict:
             "param_shapes": [list(b.shape) for b in layer.blobs],
             "params": params, "macc": macc, "activation_bytes": act,
         })
-        for b in layer.blobs:
-            key = id(b.data.base if b.data.base is not None else b.data)
-            if key not in seen_params:
-                seen_params.add(key)
-                total_params += b.count
         total_macc += macc
         total_act += act
+    # shared parameters count once: the net lists each owner once (and touching a blob's
+    # values to compare them would allocate them)
+    total_params = sum(b.count for b in net.learnable_params)
     return {"name": net.name, "phase": "TRAIN" if net.phase == TRAIN else "TEST",
             "layers": layers,
             "totals": {"params": total_params, "macc": total_macc,
-                       "activation_bytes": total_act}}
+                       "activation_bytes": total_act, "partial": False},
+            "notes": []}
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -60,17 +62,25 @@ def _bytes(n: int) -> str:
 
 
 def format_table(summary: dict) -> str:
-    """A fixed-width text table, one row per layer, totals last."""
+    """A fixed-width text table, one row per layer, totals last; ``?`` marks what the net's
+    definition does not determine (and then the totals count only what is known)."""
+    from .shapes import shape_text
+
+    def num(v, fmt):
+        return "?" if v is None else fmt(v)
+
     head = ("layer", "type", "bottoms -> tops", "top shapes", "params", "MACC", "activations")
     rows = []
     for l in summary["layers"]:
         rows.append((l["name"], l["type"],
                      f"{', '.join(l['bottoms']) or '-'} -> {', '.join(l['tops']) or '-'}",
-                     " ".join("x".join(map(str, s)) or "scalar" for s in l["top_shapes"]),
-                     f"{l['params']:,}", _human(l["macc"]), _bytes(l["activation_bytes"])))
+                     " ".join(shape_text(s) for s in l["top_shapes"]),
+                     num(l["params"], "{:,}".format), num(l["macc"], _human),
+                     num(l["activation_bytes"], _bytes)))
     t = summary["totals"]
-    total = ("TOTAL", "", "", "", f"{t['params']:,}", _human(t["macc"]),
-             _bytes(t["activation_bytes"]))
+    partial = t.get("partial", False)
+    total = ("TOTAL (known part)" if partial else "TOTAL", "", "", "", f"{t['params']:,}",
+             _human(t["macc"]), _bytes(t["activation_bytes"]))
     widths = [min(max(len(r[i]) for r in rows + [head, total]), 48) for i in range(len(head))]
 
     def line(r):
@@ -81,7 +91,11 @@ def format_table(summary: dict) -> str:
 
     rule = "-" * len(line(head))
     title = f"net '{summary['name']}' ({summary['phase']}), {len(rows)} layers"
-    return "\n".join([title, line(head), rule] + [line(r) for r in rows] + [rule, line(total)])
+    out = [title, line(head), rule] + [line(r) for r in rows] + [rule, line(total)]
+    if partial:
+        out.append("? = not determined by the net's definition (see the warnings); "
+                   "the totals leave it out")
+    return "\n".join(out)
 
 
 def to_json(summary: dict) -> str:
