@@ -105,3 +105,54 @@ def test_axpy_in_place_on_y():
 def test_axpy_shape_errors_name_the_layer(shapes, message):
     with pytest.raises(ProtonetError, match=f"layer 'axpy'.*{message}.*bottoms"):
         run_layer(make_layer('type: "Axpy"'), [np.zeros(s) for s in shapes])
+
+
+# -- Pooling's ceil_mode (DenseNet-Caffe, OpenCV) ------------------------------------------------
+@pytest.mark.parametrize("fork, bvlc", [("ceil_mode: false", "round_mode: FLOOR"),
+                                        ("ceil_mode: true", "round_mode: CEIL")])
+def test_pooling_ceil_mode_is_round_mode(fork, bvlc):
+    x = np.random.default_rng(3).normal(size=(1, 2, 7, 7))
+    pool = 'type: "Pooling" pooling_param {{ pool: AVE kernel_size: 2 stride: 2 {} }}'
+    (ours,) = run_layer(make_layer(pool.format(fork)), [x])
+    (theirs,) = run_layer(make_layer(pool.format(bvlc)), [x])
+    assert ours.shape == (1, 2, 3, 3) if "false" in fork else ours.shape == (1, 2, 4, 4)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_pooling_contradicting_ceil_and_round_mode_is_an_error():
+    layer = make_layer('name: "pool" type: "Pooling" pooling_param { pool: MAX kernel_size: 2 '
+                       'ceil_mode: false round_mode: CEIL }')
+    with pytest.raises(ProtonetError, match="layer 'pool'.*ceil_mode and round_mode"):
+        run_layer(layer, [np.zeros((1, 1, 4, 4))])
+
+
+def test_pooling_ceil_mode_agrees_with_opencv(tmp_path):
+    from opencv_oracle import protonet_and_opencv
+    net = """input: "data" input_shape { dim: 1 dim: 2 dim: 7 dim: 7 }
+    layer { name: "floor" type: "Pooling" bottom: "data" top: "floor"
+            pooling_param { pool: AVE kernel_size: 2 stride: 2 ceil_mode: false } }
+    layer { name: "ceil" type: "Pooling" bottom: "data" top: "ceil"
+            pooling_param { pool: MAX kernel_size: 2 stride: 2 ceil_mode: true } }"""
+    x = np.random.default_rng(4).normal(size=(1, 2, 7, 7)).astype(np.float32)
+    ours, theirs = protonet_and_opencv(tmp_path, net, {"data": x}, ["floor", "ceil"])
+    assert ours["floor"].shape == (1, 2, 3, 3) and ours["ceil"].shape == (1, 2, 4, 4)
+    for name in ("floor", "ceil"):
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-6)
+
+
+def test_densenet121_agrees_with_opencv(tmp_path, corpus):
+    """DenseNet-Caffe's deploy net (ceil_mode: false pooling, BatchNorm + Scale) with random
+    weights saved by protonet: the class probabilities OpenCV dnn computes."""
+    import os
+    from opencv_oracle import protonet_and_opencv
+    path = os.path.join(corpus, "shicai", "DenseNet-Caffe", "DenseNet_121.prototxt")
+    if not os.path.exists(path):
+        pytest.skip("DenseNet-121 not in the corpus")
+    with open(path) as f:
+        text = f.read()
+    x = np.random.default_rng(5).uniform(-1, 1, size=(1, 3, 224, 224)).astype(np.float32)
+    ours, theirs = protonet_and_opencv(tmp_path, text, {"data": x}, ["fc6"], randomize=True)
+    scale = np.abs(ours["fc6"]).max()
+    assert scale > 0
+    np.testing.assert_allclose(ours["fc6"], theirs["fc6"].reshape(ours["fc6"].shape),
+                               rtol=0, atol=1e-4 * scale)

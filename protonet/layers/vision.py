@@ -514,7 +514,8 @@ class PoolingLayer(Layer):
     channel, as float). AVE divides by the window area clipped to
     ``H + pad`` (padding counts, cells past it do not). STOCHASTIC (no
     padding) samples a cell with probability proportional to its value in
-    TRAIN and returns ``sum(x^2) / sum(x)`` in TEST.
+    TRAIN and returns ``sum(x^2) / sum(x)`` in TEST. ``round_mode: FLOOR`` (or the
+    forks' ``ceil_mode: false``) rounds the output size down instead of up.
     """
 
     exact_num_bottom = 1
@@ -530,6 +531,10 @@ class PoolingLayer(Layer):
             raise self.error(f"unknown pooling method {self.method}")
         self.global_pooling = pp.global_pooling
         self.ceil = pp.round_mode == _Pool.CEIL
+        if has("ceil_mode"):  # the forks' spelling (DenseNet, OpenCV): false rounds down
+            if has("round_mode") and pp.ceil_mode != self.ceil:
+                raise self.error("ceil_mode and round_mode contradict each other; give one")
+            self.ceil = pp.ceil_mode
         if self.global_pooling:
             if has("kernel_size") or has("kernel_h") or has("kernel_w"):
                 raise self.error("global_pooling takes the kernel from the input; "

@@ -170,18 +170,19 @@ def _num(v) -> str:
 
 
 def _two(values, h=None, w=None, default=None):
-    """Caffe's kernel/stride/pad rule: explicit _h/_w, else 1 or 2 repeated values."""
+    """Caffe's kernel/stride/pad rule: explicit _h/_w, else one value for both axes, or
+    one value per spatial axis (two, or more for an N-D convolution)."""
     if h is not None:
         return (h, w)
     values = list(values)
     if not values:
         return None if default is None else (default, default)
-    return (values[0], values[0]) if len(values) == 1 else tuple(values[:2])
+    return (values[0], values[0]) if len(values) == 1 else tuple(values)
 
 
-def _hw(pair) -> str:
-    a, b = pair
-    return str(a) if a == b else f"{a}×{b}"
+def _hw(values) -> str:
+    """``3`` when every axis has the same value, else ``3×2×1``."""
+    return str(values[0]) if len(set(values)) == 1 else "×".join(map(str, values))
 
 
 def param_summary(lp, display_lrm: bool = False, show_phase: bool = False) -> list[str]:
@@ -198,9 +199,9 @@ def param_summary(lp, display_lrm: bool = False, show_phase: bool = False) -> li
         if t != "Im2col":
             items.append(f"out {p.num_output}")
         if k:
-            items.append(f"k {k[0]}×{k[1]}")
+            items.append(f"k {'×'.join(map(str, k))}")
         items.append(f"s {_hw(s)}")
-        if pad != (0, 0):
+        if any(pad):
             items.append(f"p {_hw(pad)}")
         if len(p.dilation) and any(d != 1 for d in p.dilation):
             items.append(f"d {_hw(_two(p.dilation))}")
@@ -223,7 +224,8 @@ def param_summary(lp, display_lrm: bool = False, show_phase: bool = False) -> li
             items.append(f"s {_hw(s)}")
             if pad != (0, 0):
                 items.append(f"p {_hw(pad)}")
-        if p.HasField("round_mode") and p.round_mode == caffe_pb2.PoolingParameter.FLOOR:
+        if ((p.HasField("round_mode") and p.round_mode == caffe_pb2.PoolingParameter.FLOOR)
+                or (p.HasField("ceil_mode") and not p.ceil_mode)):
             items.append("floor")
     elif t in ("InnerProduct", "Embed"):
         p = lp.inner_product_param if t == "InnerProduct" else lp.embed_param
