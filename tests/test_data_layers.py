@@ -232,11 +232,13 @@ def test_data_source_errors(tmp_path, monkeypatch):
         net_of(tmp_path, data_layer("data/mnist/mnist_train_lmdb"))
     with pytest.raises(ProtonetError, match="'images_lmdb' does not exist.*convert-imageset"):
         net_of(tmp_path, data_layer("images_lmdb"))
-    with pytest.raises(ProtonetError, match="LEVELDB .*not supported.*backend: LMDB"):
+    with pytest.raises(ProtonetError, match="'x' does not exist.*convert-imageset --backend "
+                       "leveldb"):
         net_of(tmp_path, data_layer("x", backend="LEVELDB"))
     (tmp_path / "ldb").mkdir()
     (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")
-    with pytest.raises(ProtonetError, match="'ldb' is a LevelDB database"):
+    with pytest.raises(ProtonetError, match="'ldb' is a LevelDB database but data_param.backend "
+                       "is LMDB; set `backend: LEVELDB`"):
         net_of(tmp_path, data_layer("ldb"))
     source, _, _ = digits_lmdb(tmp_path, shape=(1, 4, 4))
     with pytest.raises(ProtonetError, match="crop_size 5 is larger than the 4x4"):
@@ -494,9 +496,11 @@ def test_memory_data(tmp_path):
         net_of(tmp_path, MEMORY.replace("height: 2", "height: 0"), name="bad.prototxt")
 
 
-def test_window_data_is_refused(tmp_path):
-    with pytest.raises(ProtonetError, match="WindowData .*not supported.*ImageData"):
+def test_window_data_without_a_window_file(tmp_path):
+    # WindowData itself is tested in tests/test_window_data.py
+    with pytest.raises(ProtonetError, match="cannot read window file 'w.txt'"):
         net_of(tmp_path, 'layer { name: "w" type: "WindowData" top: "data" top: "label"\n'
+                         '  transform_param { crop_size: 8 }\n'
                          '  window_data_param { source: "w.txt" batch_size: 1 } }\n')
 
 

@@ -306,8 +306,8 @@ def test_convert_imageset_errors(images, capsys):
     assert convert(tmp_path) == 0
     assert convert(tmp_path) == 1
     assert "already exists" in capsys.readouterr().err
-    assert convert(tmp_path, "--backend=leveldb", db="other") == 1
-    assert "leveldb' is not supported" in capsys.readouterr().err
+    assert convert(tmp_path, "--backend=rocksdb", db="other") == 1
+    assert "rocksdb' is not supported; use lmdb or leveldb" in capsys.readouterr().err
     (tmp_path / "list.txt").write_text("none.png 1\n")
     assert convert(tmp_path, db="third") == 1
     assert "no image in" in capsys.readouterr().err

@@ -51,12 +51,14 @@ def read_image_to_datum(path: str, label: int, height: int, width: int, is_color
 def convert_imageset(root: str, list_file: str, db_path: str, *, gray: bool = False,
                      shuffle: bool = False, resize_height: int = 0, resize_width: int = 0,
                      check_size: bool = False, encoded: bool = False, encode_type: str = "",
-                     seed: int = 0, log=_log) -> dict:
+                     seed: int = 0, log=_log, backend: str = "lmdb") -> dict:
     """Write the images listed in ``list_file`` (``path label`` lines, paths relative to
-    ``root``) into a new LMDB at ``db_path``; keys ``%08d_<path>``. Returns a summary."""
+    ``root``) into a new LMDB (or LevelDB, ``backend="leveldb"``) at ``db_path``; keys
+    ``%08d_<path>``. Returns a summary."""
+    from .db import backend_name, open_writer
     from .images import read_image_list
-    from .lmdb_source import LMDBWriter
     from .progress import progress
+    backend = backend_name(backend)
     lines = read_image_list(list_file, "convert-imageset")
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(lines))
@@ -71,7 +73,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, *, gray: bool = Fa
     count = 0
     bar = progress(len(lines), "convert-imageset", unit="img")
     try:
-        with LMDBWriter(db_path) as db:
+        with open_writer(db_path, backend) as db:
             for line_id, (name, label) in enumerate(lines):
                 bar.update(1)
                 enc = encode_type
@@ -94,7 +96,7 @@ def convert_imageset(root: str, list_file: str, db_path: str, *, gray: bool = Fa
                             f"{_describe(first_size)} (--check_size); resize with "
                             "--resize_height/--resize_width")
                 key = f"{line_id:08d}_{name}".encode("utf-8", "surrogateescape")
-                if len(key) > 511:
+                if len(key) > 511 and backend == "lmdb":
                     raise ProtonetError(f"{name}: the key '{key[:40]!r}...' is longer than "
                                         "LMDB's 511 bytes; shorten the paths in the list")
                 db.put(key, datum.SerializeToString())
@@ -118,16 +120,19 @@ def _describe(size) -> str:
     return f"{size} bytes" if isinstance(size, int) else "x".join(map(str, size))
 
 
-def compute_mean(db_path: str, out_path: str | None = None, log=_log) -> dict:
-    """The mean image of an LMDB of Datums (decoded natively when encoded), summed in float32
-    record by record as compute_image_mean does; written as a binary BlobProto (1, C, H, W)."""
+def compute_mean(db_path: str, out_path: str | None = None, log=_log,
+                 backend: str | None = None) -> dict:
+    """The mean image of an LMDB or LevelDB of Datums (``backend`` None: whichever
+    ``db_path`` is; decoded natively when encoded), summed in float32 record by record as
+    compute_image_mean does; written as a binary BlobProto (1, C, H, W)."""
     from ..io.blobs import array_to_blob_proto
-    from .lmdb_source import DatumDB, decode_batch
+    from .db import open_reader
+    from .lmdb_source import decode_batch
     from .progress import progress
     if not os.path.exists(db_path):
         raise ProtonetError(f"{db_path} does not exist; create it with `protonet data mnist` or "
                             "`protonet convert-imageset`")
-    db = DatumDB(db_path, "compute-mean")
+    db = open_reader(db_path, backend, "compute-mean")
     try:
         total = db.entries
         shape = db.record_shape()
@@ -149,7 +154,7 @@ def compute_mean(db_path: str, out_path: str | None = None, log=_log) -> dict:
                     if acc_int.max(initial=0) >= 1 << 24:
                         # from here on float32 sums round: replay the records in float32, in order
                         exact_int = False
-                        acc_float = _replay_float32(db_path, count + n, shape)
+                        acc_float = _replay_float32(db_path, count + n, shape, backend)
                 else:
                     if exact_int:
                         acc_float = acc_int.astype(np.float32)
@@ -177,10 +182,11 @@ def compute_mean(db_path: str, out_path: str | None = None, log=_log) -> dict:
     return {"count": count, "shape": shape, "mean": mean, "channel_means": channel_means}
 
 
-def _replay_float32(db_path: str, upto: int, shape) -> np.ndarray:
+def _replay_float32(db_path: str, upto: int, shape, backend=None) -> np.ndarray:
     """Sum the first ``upto`` records in float32, one record after another (Caffe's order)."""
-    from .lmdb_source import DatumDB, decode_batch
-    db = DatumDB(db_path, "compute-mean")
+    from .db import open_reader
+    from .lmdb_source import decode_batch
+    db = open_reader(db_path, backend, "compute-mean")
     acc = np.zeros(shape, np.float32)
     try:
         done = 0

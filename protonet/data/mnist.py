@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST: find (or download) the IDX files, write Caffe's LMDBs.
+"""MNIST and Fashion-MNIST: find (or download) the IDX files, write Caffe's LMDBs (or LevelDBs).
 
 The databases are what ``examples/mnist/convert_mnist_data.cpp`` writes: keys
 ``%08d`` (the item's index), values ``Datum{channels: 1, height: 28, width: 28,
@@ -211,26 +211,37 @@ def datum_bytes(images: np.ndarray, labels: np.ndarray):
                               label=signed[i]).SerializeToString()
 
 
-def write_mnist_lmdb(images: np.ndarray, labels: np.ndarray, path: str, desc: str = "") -> int:
-    """Write one split as an LMDB at ``path`` (replacing an LMDB already there)."""
-    from .lmdb_source import LMDBWriter
+def write_records(values, count: int, path: str, desc: str = "", backend: str = "lmdb",
+                  map_size: int = 1 << 24) -> int:
+    """Write ``count`` serialized records under keys ``%08d`` (0, 1, ...) as a new LMDB or
+    LevelDB at ``path``, replacing a database of that kind already there. Returns ``count``."""
+    from .db import open_writer, replace_db
     from .progress import progress
     tmp = _fresh_path(path)
-    bar = progress(len(images), desc or os.path.basename(path), unit="img")
+    bar = progress(count, desc or os.path.basename(path), unit="img")
+    options = {"map_size": map_size} if backend == "lmdb" else {}
     try:
-        with LMDBWriter(tmp, map_size=max(1 << 24, 2 * (images.size + 64 * len(images)))) as db:
-            for i, value in enumerate(datum_bytes(images, labels)):
+        with open_writer(tmp, backend, **options) as db:
+            for i, value in enumerate(values):
                 db.put(b"%08d" % i, value)
                 if i % 1000 == 999:
                     bar.update(1000)
-        bar.update(len(images) % 1000)
+        bar.update(count % 1000)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
-    replace_lmdb(tmp, path)
-    return len(images)
+    replace_db(tmp, path, backend)
+    return count
+
+
+def write_mnist_lmdb(images: np.ndarray, labels: np.ndarray, path: str, desc: str = "",
+                     backend: str = "lmdb") -> int:
+    """Write one split as an LMDB (or, with ``backend="leveldb"``, a LevelDB) at ``path``,
+    replacing a database of that kind already there."""
+    return write_records(datum_bytes(images, labels), len(images), path, desc, backend,
+                         map_size=max(1 << 24, 2 * (images.size + 64 * len(images))))
 
 
 def _fresh_path(path: str) -> str:
@@ -244,34 +255,31 @@ def _fresh_path(path: str) -> str:
 def replace_lmdb(new: str, path: str) -> None:
     """Move the LMDB directory ``new`` to ``path``; an LMDB already there is replaced, anything
     else there is refused."""
-    if os.path.lexists(path):
-        entries = set(os.listdir(path)) if os.path.isdir(path) else None
-        if entries is None or not entries <= {"data.mdb", "lock.mdb"}:
-            shutil.rmtree(new, ignore_errors=True)
-            raise ProtonetError(f"{path} exists and is not an LMDB database; move it away "
-                                "or choose another --out")
-        old = f"{new}.old"
-        os.replace(path, old)
-        os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, path)
+    from .db import replace_db
+    replace_db(new, path, "lmdb")
+
+
+def read_split(files: dict, split: str):
+    """(images (N, rows, cols) uint8, labels (N,) uint8) of the ``train`` or ``test`` split."""
+    from .idx import read_mnist_pair
+    images, labels = read_mnist_pair(files[f"{split}_images"], files[f"{split}_labels"])
+    if images.ndim != 3:
+        raise ProtonetError(f"{files[f'{split}_images']}: IDX images must be (N, rows, cols), "
+                            f"got {list(images.shape)}")
+    return images, labels
 
 
 def prepare(dataset_key: str, from_dir: str | None = None, out_dir: str = "data/mnist",
-            allow_download: bool = True, log=_log) -> dict:
-    """Find/download the files and write ``out_dir``/mnist_{train,test}_lmdb. Returns a summary."""
-    from .idx import read_mnist_pair
+            allow_download: bool = True, log=_log, backend: str = "lmdb") -> dict:
+    """Find/download the files and write ``out_dir``/mnist_{train,test}_lmdb (``_leveldb``
+    with ``backend="leveldb"``, as Caffe's create_mnist.sh names them). Returns a summary."""
     dataset = DATASETS[dataset_key]
     files = locate(dataset, from_dir, out_dir, allow_download, log)
     written = {}
     for split, db_name in (("train", TRAIN_DB), ("test", TEST_DB)):
-        images, labels = read_mnist_pair(files[f"{split}_images"], files[f"{split}_labels"])
-        if images.ndim != 3:
-            raise ProtonetError(f"{files[f'{split}_images']}: IDX images must be (N, rows, cols), "
-                                f"got {list(images.shape)}")
-        path = os.path.join(out_dir, db_name)
-        write_mnist_lmdb(images, labels, path, f"{dataset.title} {split}")
+        images, labels = read_split(files, split)
+        path = os.path.join(out_dir, db_name.replace("_lmdb", f"_{backend}"))
+        write_mnist_lmdb(images, labels, path, f"{dataset.title} {split}", backend)
         written[split] = (path, len(images), images.shape[1:])
     return {"dataset": dataset.title, "source": os.path.dirname(files["train_images"]),
             "written": written}

@@ -1,4 +1,5 @@
-"""Data layers: Input, DummyData, MemoryData, Data (LMDB), ImageData, HDF5Data, HDF5Output.
+"""Data layers: Input, DummyData, MemoryData, Data (LMDB, LevelDB), ImageData, HDF5Data,
+HDF5Output (WindowData is in :mod:`protonet.layers.window_data`).
 
 ``Data`` and ``ImageData`` read and transform batches in a background thread
 (``data_param.prefetch`` batches ahead, default 4; 0 reads in ``forward``), as
@@ -10,7 +11,6 @@ batches. ``close()`` stops the thread; dropping the layer stops it too.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 import weakref
 
@@ -346,7 +346,7 @@ class _DatumLoader(Loader):
 
 @register("Data")
 class DataLayer(_PrefetchingLayer):
-    """Batches of ``Datum`` records from an LMDB database, transformed.
+    """Batches of ``Datum`` records from an LMDB or LevelDB database, transformed.
 
     Tops: data (batch_size, C, H', W') and optionally label (batch_size,). The
     record shape comes from the database's first record, as in Caffe. The
@@ -387,35 +387,10 @@ class DataLayer(_PrefetchingLayer):
             top[1].reshape((self.data_shape[0],))
 
 
-def _lenet_like(source: str) -> bool:
-    return "mnist" in source.lower()
-
-
 def open_datum_db(layer, source: str, backend: int):
-    from ..proto import caffe_pb2
-    if backend == caffe_pb2.DataParameter.LEVELDB:
-        raise layer.error(
-            "backend LEVELDB (Caffe's default) is not supported; set `backend: LMDB` in "
-            "data_param and convert the data to LMDB with `protonet convert-imageset` "
-            "(images) or `protonet data mnist` (MNIST)")
-    if not source:
-        raise layer.error("data_param.source is empty; name an LMDB directory")
-    how = ("create it with `protonet data mnist` (or `protonet data fashion-mnist`)"
-           if _lenet_like(source) else
-           "create it with `protonet convert-imageset ROOT LIST DB`")
-    if not os.path.exists(source):
-        raise layer.error(
-            f"data source '{source}' does not exist (looked in {os.getcwd()}); {how}; "
-            "or, for `summary`, give the shape with --input-shape TOP=N,C,H,W")
-    if os.path.isdir(source) and not os.path.exists(os.path.join(source, "data.mdb")):
-        if os.path.exists(os.path.join(source, "CURRENT")):
-            raise layer.error(
-                f"'{source}' is a LevelDB database; protonet reads LMDB only: "
-                f"{how.replace('create it', 're-create it as LMDB')}, or with Caffe's tools "
-                "and --backend=lmdb")
-        raise layer.error(f"'{source}' is not an LMDB database (no data.mdb inside); {how}")
-    from ..data.lmdb_source import DatumDB
-    return DatumDB(source, f"layer '{layer.name}' (Data)")
+    """The LMDB or LevelDB reader of a Data layer's source (see protonet.data.db)."""
+    from ..data.db import open_layer_source
+    return open_layer_source(layer, source, backend)
 
 
 class _ImageLoader(Loader):
@@ -689,16 +664,3 @@ class HDF5OutputLayer(Layer):
     def close(self) -> None:
         if self._writer is not None:
             self._finalizer()
-
-
-@register("WindowData")
-class WindowDataLayer(_Source):
-    """R-CNN's window-file data layer: not supported."""
-
-    def layer_setup(self, bottom, top):
-        raise self.error("WindowData (R-CNN window files) is not supported; crop the windows "
-                         "into image files and read them with ImageData (or convert them with "
-                         "`protonet convert-imageset` and use Data)")
-
-    def reshape(self, bottom, top):
-        pass
