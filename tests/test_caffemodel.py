@@ -176,3 +176,36 @@ def test_legacy_fields_win_over_shape_as_in_caffe():
     proto.shape.dim.extend([6])
     proto.data.extend(range(6))
     assert blob_proto_to_array(proto).shape == (1, 2, 1, 3)
+
+
+def test_a_zero_axis_blob_is_written_without_a_shape_as_caffe_does():
+    """Caffe's Blob::ToProto adds dims one by one, so a 0-axis blob (a channel-shared
+    Normalize or PReLU scale) has no shape field; OpenCV cannot read an empty one."""
+    import numpy as np
+    from protonet.io.blobs import array_to_blob_proto, blob_proto_to_array
+    proto = array_to_blob_proto(np.array(2.5, np.float32))
+    assert not proto.HasField("shape") and list(proto.data) == [2.5]
+    assert blob_proto_to_array(proto).reshape(()) == 2.5
+
+
+def test_a_saved_zero_axis_param_has_no_shape_field(tmp_path):
+    import numpy as np
+    import protonet
+    from protonet.io import parse_net
+    from protonet.proto import caffe_pb2
+    net = protonet.Net(parse_net(
+        'input: "x" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+        'layer { name: "p" type: "PReLU" bottom: "x" top: "y" '
+        'prelu_param { channel_shared: true filler { type: "constant" value: 0.3 } } }'),
+        protonet.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString((tmp_path / "w.caffemodel").read_bytes())
+    (blob,) = [b for layer in saved.layer for b in layer.blobs]
+    assert not blob.HasField("shape") and np.allclose(blob.data, [0.3])
+    again = protonet.Net(parse_net(
+        'input: "x" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+        'layer { name: "p" type: "PReLU" bottom: "x" top: "y" '
+        'prelu_param { channel_shared: true } }'), protonet.TEST)
+    again.copy_from(str(tmp_path / "w.caffemodel"))
+    assert np.allclose(again.params["p"][0].data, 0.3)

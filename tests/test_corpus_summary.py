@@ -108,9 +108,9 @@ def test_netscope_presets_with_typos_and_without_data_layers(corpus, capsys):
                          "--input-shape", "data=1,3,299,299")
     assert sh["data"] == [1, 3, 299, 299] and sh["fc1"] == [1, 1000]
     sh, s, err = summary(capsys, corpus, "dgschwend/netscope/presets/SSD300.prototxt")
-    assert sh["conv4_3_norm"] is None and sh["conv4_3"] == [1, 512, 38, 38]
-    assert sh["conv4_3_norm_mbox_loc"] == [None, 16, None, None]  # past the opaque Normalize
-    assert sum("(Permute)" in n for n in s["notes"]) == 12       # one note per layer
+    assert sh["conv4_3_norm"] == [1, 512, 38, 38] and sh["conv4_3"] == [1, 512, 38, 38]
+    assert sh["conv4_3_norm_mbox_loc"] == [1, 16, 38, 38]         # SSD's layers are known
+    assert sh["detection_out"] == [1, 1, 1, 7] and not any("(Permute)" in n for n in s["notes"])
 
 
 def test_python_layers_are_opaque(corpus, capsys):

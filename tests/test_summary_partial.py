@@ -229,7 +229,7 @@ def test_a_net_that_builds_gives_the_same_summary_either_way():
 OPAQUE = """name: "o"
 layer { name: "data" type: "Python" top: "data" top: "label" python_param { module: "voc_layers" layer: "VOC" } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
-layer { name: "norm" type: "Normalize" bottom: "conv" top: "norm" }
+layer { name: "norm" type: "Frobnicate" bottom: "conv" top: "norm" }
 layer { name: "ip" type: "InnerProduct" bottom: "norm" top: "ip" inner_product_param { num_output: 2 } }
 """
 
@@ -240,12 +240,12 @@ def test_python_and_unknown_layers_are_opaque_with_one_warning_each(write, capsy
     sh = shapes(s)
     assert sh["data"] is None and sh["label"] is None and sh["norm"] is None
     assert sh["conv"] == [None, 4, None, None] and sh["ip"] == [None, 2]
-    assert [l["type"] for l in s["layers"]] == ["Python", "Convolution", "Normalize",
+    assert [l["type"] for l in s["layers"]] == ["Python", "Convolution", "Frobnicate",
                                                 "InnerProduct"]
     assert row(s, "norm")["params"] is None                     # unknown type: unknown cost
     warnings = [line for line in err.splitlines() if line.startswith("protonet: warning:")]
     assert sum("layer 'data' (Python)" in w and "voc_layers" in w for w in warnings) == 1
-    assert sum("layer 'norm' (Normalize)" in w for w in warnings) == 1
+    assert sum("layer 'norm' (Frobnicate)" in w for w in warnings) == 1
     rc, out, err = run(capsys, "summary", path)
     assert rc == 0 and "?" in out
     rc, _, err = run(capsys, "summary", "--strict", path)

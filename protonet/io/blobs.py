@@ -45,7 +45,7 @@ def array_to_blob_proto(array, diff=None, legacy_4d: bool = False):
         if array.ndim != 4:
             raise ProtonetError(f"legacy num/channels/height/width needs 4-D, got {array.ndim}-D")
         proto.num, proto.channels, proto.height, proto.width = array.shape
-    else:
+    elif array.ndim:  # a 0-axis blob has no shape field at all, as Caffe's ToProto writes it
         proto.shape.dim.extend(int(d) for d in array.shape)
     if array.dtype == np.float64:
         proto.double_data.extend(array.ravel().tolist())

@@ -111,7 +111,8 @@ def _blob(buf, start: int, end: int) -> np.ndarray:
                                                else np.zeros(0, dtype))
     shape = tuple(dims) if dims or not has_legacy else tuple(legacy)
     if not dims and not has_legacy:
-        shape = (values.size,)
+        # Caffe writes no dims only for a 0-axis blob (one value); anything else is a list
+        shape = () if values.size == 1 else (values.size,)
     if int(np.prod(shape, dtype=np.int64)) != values.size:
         raise _WireError(f"blob of shape {list(shape)} holds {values.size} values")
     return values.reshape(shape)
@@ -212,7 +213,8 @@ def encode_blob(data: np.ndarray, diff: np.ndarray | None = None) -> bytes:
     double = data.dtype == np.float64
     dtype, data_field, diff_field = ("<f8", 8, 9) if double else ("<f4", 5, 6)
     shape = b"".join(_encode_varint(int(d)) for d in data.shape)
-    out = _len_field(7, _len_field(1, shape) if data.shape else b"")
+    # a 0-axis blob gets no shape field at all, as Caffe's Blob::ToProto writes it
+    out = _len_field(7, _len_field(1, shape)) if data.shape else b""
     out += _len_field(data_field, np.ascontiguousarray(data, dtype).tobytes())
     if diff is not None:
         out += _len_field(diff_field, np.ascontiguousarray(diff, dtype).tobytes())
