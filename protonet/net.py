@@ -20,6 +20,7 @@ from .blob import Blob
 from .errors import ProtonetError
 from .graph import filter_net, insert_splits
 from .layers import TEST, TRAIN, Layer, create_layer
+from .layers.python_layer import native_layer_type
 from .proto import caffe_pb2
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
@@ -164,7 +165,8 @@ class Net:
         for lp in self.param.layer:
             phase = lp.phase if lp.HasField("phase") else self.phase
             rng = np.random.default_rng(self._seeds.spawn(1)[0])
-            if lp.type == "Python" and self.opaque_python_layers and not self.allow_python_layers:
+            if (lp.type == "Python" and self.opaque_python_layers and not self.allow_python_layers
+                    and native_layer_type(lp) is None):
                 layer = OpaqueLayer(lp, phase=phase, dtype=self.dtype, rng=rng)
             else:
                 layer = create_layer(lp, phase=phase, dtype=self.dtype, rng=rng,

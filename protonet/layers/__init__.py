@@ -5,7 +5,7 @@ Importing this package registers every layer type; look one up with
 """
 from .base import LAYER_REGISTRY, TEST, TRAIN, Layer, create_layer, layer_type_list, register
 from . import (common, data, forks, loss, neuron, normalization,  # noqa: F401  (registration)
-               python_layer, recurrent, ssd, vision, window_data)
+               python_layer, rcnn, recurrent, ssd, vision, window_data)
 
 __all__ = ["LAYER_REGISTRY", "TEST", "TRAIN", "Layer", "create_layer", "layer_type_list", "register"]
 

@@ -52,6 +52,12 @@ def create_layer(param, phase: int = TEST, dtype=np.float32, rng=None,
     its class is a ``caffe.Layer`` subclass of a module already imported (code that is
     running: the pycaffe pattern of a script defining its own layer).
     """
+    # py-faster-rcnn's proposal layer (a Python layer) runs as protonet's native Proposal
+    # layer with its param_str: nothing is imported (python_layer.NATIVE_PYTHON_LAYERS)
+    from .python_layer import native_layer_type
+    native = native_layer_type(param)
+    if native is not None:
+        return LAYER_REGISTRY[native](param, phase=phase, dtype=dtype, rng=rng)
     if param.type == "Python" and not allow_python and not _running_layer_class(param):
         p = param.python_param
         raise ProtonetError(

@@ -184,7 +184,9 @@ class FlattenLayer(Layer):
 @register("Dropout")
 class DropoutLayer(Layer):
     """TRAIN: ``y = x * mask / (1 - ratio)``, mask ~ Bernoulli(1 - ratio) from ``self.rng``;
-    TEST: ``y = x``. Any shape; in-place safe (the scaled mask is kept for backward)."""
+    TEST: ``y = x``. Any shape; in-place safe (the scaled mask is kept for backward).
+    ``scale_train: false`` (caffe-fast-rcnn's field, py-faster-rcnn's nets) moves the
+    scaling to test time: TRAIN ``y = x * mask``, TEST ``y = x * (1 - ratio)``."""
     macc = elementwise_macc
 
     exact_num_bottom = 1
@@ -195,6 +197,9 @@ class DropoutLayer(Layer):
         if not 0.0 <= self.ratio < 1.0:
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
         self.scale = 1.0 / (1.0 - self.ratio)
+        self.scale_train = bool(self.param.dropout_param.scale_train)
+        # the factor at test time: 1, or 1 - ratio when training did not scale
+        self.test_scale = 1.0 if self.scale_train else 1.0 - self.ratio
         self.mask: np.ndarray | None = None
 
     def reshape(self, bottom, top):
@@ -203,20 +208,25 @@ class DropoutLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         if self.phase != TRAIN:
-            if top[0] is not bottom[0]:
+            if self.test_scale != 1.0:
+                np.multiply(x, self.dtype.type(self.test_scale), out=top[0].data)
+            elif top[0] is not bottom[0]:
                 np.copyto(top[0].data, x)
             return
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.ratio
         # the mask holds 0 or 1/(1 - ratio), so forward and backward are one multiply
         self.mask = keep.astype(self.dtype)
-        self.mask *= self.scale
+        if self.scale_train:
+            self.mask *= self.scale
         np.multiply(x, self.mask, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         if self.phase != TRAIN:
-            if top[0] is not bottom[0]:
+            if self.test_scale != 1.0:
+                np.multiply(top[0].diff, self.dtype.type(self.test_scale), out=bottom[0].diff)
+            elif top[0] is not bottom[0]:
                 np.copyto(bottom[0].diff, top[0].diff)
             return
         np.multiply(top[0].diff, self.mask, out=bottom[0].diff)

@@ -144,6 +144,20 @@ class PythonLayerBase:
 
 _METHODS = ("setup", "reshape", "forward", "backward")
 
+#: Python layers that protonet runs natively instead, importing nothing (py-faster-rcnn's
+#: proposal layer, which OpenCV runs as its native Proposal layer once the prototxt is
+#: rewritten): (python_param.module, python_param.layer) -> the registered type that runs
+#: them, reading the same ``param_str``.
+NATIVE_PYTHON_LAYERS = {("rpn.proposal_layer", "ProposalLayer"): "Proposal"}
+
+
+def native_layer_type(param) -> str | None:
+    """The registered type that runs this ``type: "Python"`` layer natively, else None."""
+    if param.type != "Python":
+        return None
+    p = param.python_param
+    return NATIVE_PYTHON_LAYERS.get((p.module, p.layer))
+
 
 def load_layer_class(module: str, name: str, layer: Layer):
     """Import ``module`` and return its class ``name``; errors name both and PYTHONPATH."""

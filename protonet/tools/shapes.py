@@ -33,6 +33,7 @@ import numpy as np
 from ..blob import Blob
 from ..errors import ProtonetError
 from ..layers import LAYER_REGISTRY, TRAIN, create_layer
+from ..layers.python_layer import native_layer_type
 from ..proto import caffe_pb2
 
 #: what an unknown dim becomes in the two probe runs (large enough for any kernel after
@@ -363,7 +364,8 @@ class _Pass:
         bottoms = [self.shapes.get(b) for b in lp.bottom]
         if lp.type in FORK_SOURCES and not len(lp.bottom):
             self.inferred(lp, "a layer type protonet does not know")
-        elif lp.type == "Python" or lp.type not in LAYER_REGISTRY:
+        elif (lp.type == "Python" and native_layer_type(lp) is None) \
+                or lp.type not in LAYER_REGISTRY:
             self.opaque(lp)
         elif all(known(s) for s in bottoms):
             self.exact(lp, bottoms)
@@ -471,7 +473,8 @@ class _Pass:
         if not all(known(s) for s in tops):
             self.partial = True
         self.rows.append({
-            "name": lp.name, "type": lp.type, "bottoms": list(lp.bottom), "tops": names,
+            "name": lp.name, "type": native_layer_type(lp) or lp.type,
+            "bottoms": list(lp.bottom), "tops": names,
             "top_shapes": [None if s is None else list(s) for s in tops],
             "param_shapes": [] if params is None else
             [None if s is None else list(s) for s in params],
