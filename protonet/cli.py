@@ -178,7 +178,8 @@ def _looks_like_solver(text: str) -> bool:
 #: Modules that add their own subcommands through ``add_parsers(subparsers)``;
 #: each sets ``func`` (args -> exit status) on its parsers.
 SUBCOMMAND_MODULES = ("protonet.tools.data_commands", "protonet.solvers.commands",
-                      "protonet.tools.draw_commands")
+                      "protonet.tools.draw_commands", "protonet.export.commands",
+                      "protonet.tools.inference_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

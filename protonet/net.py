@@ -639,6 +639,13 @@ class Net:
         from .io.weights import copy_trained_layers_hdf5
         copy_trained_layers_hdf5(self, os.fspath(filename))
 
+    def to_onnx(self, path: str, **options):
+        """Write the net as an ONNX model, checked against this net in onnxruntime when it is
+        installed (:func:`protonet.export.to_onnx`: ``opset``, ``dynamic_batch``, ``check``,
+        ``seed``, ``tolerance``). Needs ``pip install 'protonet[onnx]'``."""
+        from .export import to_onnx
+        return to_onnx(self, path, **options)
+
     def __repr__(self) -> str:
         return (f"<Net '{self.name}' phase={'TRAIN' if self.phase == TRAIN else 'TEST'} "
                 f"layers={len(self.layers)} blobs={len(self.blobs)}>")
