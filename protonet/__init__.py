@@ -23,7 +23,7 @@ __all__ = ["Net", "ProtonetError", "TEST", "TRAIN", "Layer", "layer_type_list", 
            "AdamSolver", "get_solver", "Classifier", "Detector", "NetSpec", "layers", "params", "to_proto",
            "io", "draw", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "solver_count", "set_solver_count", "solver_rank", "set_solver_rank",
-           "set_multiprocess", "has_nccl", "init_log", "log", "__version__"]
+           "set_multiprocess", "has_nccl", "NCCL", "init_log", "log", "__version__"]
 
 
 def __getattr__(name):
@@ -40,4 +40,7 @@ def __getattr__(name):
     if name == "draw":
         from . import draw
         return draw
+    if name == "NCCL":
+        from .solvers.distributed import NCCL
+        return NCCL
     raise AttributeError(f"module 'protonet' has no attribute {name!r}")

@@ -7,6 +7,12 @@ computing on the CPU, so scripts written for a GPU machine still run unchanged;
 ``set_random_seed(seed)`` makes every net built afterwards without an explicit
 ``seed=`` reproducible: each new net draws its own seed from one sequence started
 at ``seed``, as Caffe's nets draw from its one global generator.
+
+Several solvers training one model (Caffe's multi-GPU training) run as MPI
+processes: ``set_solver_count(N)`` and ``set_solver_rank(r)`` before a solver is
+built make its TRAIN data layers read rank r's share of every global batch of N
+batches (and only rank 0 build test nets); ``NCCL(solver, uid)`` then averages
+the gradients over the ranks (:class:`protonet.solvers.distributed.NCCL`).
 """
 from __future__ import annotations
 
@@ -74,8 +80,12 @@ def solver_count() -> int:
 
 
 def set_solver_count(count: int) -> None:
-    """Recorded for multi-GPU scripts; protonet trains with one solver."""
-    _state["solver_count"] = int(count)
+    """How many solvers (MPI ranks) train one model together, as Caffe's multi-GPU
+    ``set_solver_count``: a solver built afterwards reads its share of every batch."""
+    count = int(count)
+    if count < 1:
+        raise ProtonetError(f"set_solver_count: the count must be at least 1, got {count}")
+    _state["solver_count"] = count
 
 
 def solver_rank() -> int:
@@ -83,16 +93,29 @@ def solver_rank() -> int:
 
 
 def set_solver_rank(rank: int) -> None:
-    _state["solver_rank"] = int(rank)
+    """Which of the ``solver_count()`` solvers this process is (0 is the root solver, which
+    alone tests and writes snapshots); its MPI rank."""
+    rank = int(rank)
+    if rank < 0:
+        raise ProtonetError(f"set_solver_rank: the rank must be non-negative, got {rank}")
+    _state["solver_rank"] = rank
+
+
+def multiprocess() -> bool:
+    return _state["multiprocess"]
 
 
 def set_multiprocess(multiprocess: bool) -> None:
+    """Caffe's switch for solvers in separate processes; protonet's always are (MPI ranks),
+    so this is recorded only."""
     _state["multiprocess"] = bool(multiprocess)
 
 
 def has_nccl() -> bool:
-    """False: protonet has no multi-GPU (NCCL) support."""
-    return False
+    """Whether ``caffe.NCCL`` can work: protonet's runs over MPI, so whether mpi4py is
+    installed (``pip install 'protonet[mpi]'``)."""
+    import importlib.util
+    return importlib.util.find_spec("mpi4py") is not None
 
 
 def init_log(level: int = 0, use_stderr: bool = True) -> None:
@@ -117,4 +140,7 @@ def __getattr__(name: str):
     if name == "Net":
         from .net import Net
         return Net
+    if name == "NCCL":
+        from .solvers.distributed import NCCL
+        return NCCL
     raise AttributeError(f"module 'protonet.pycaffe' has no attribute {name!r}")

@@ -7,6 +7,12 @@ Caffe's ``BasePrefetchingDataLayer`` does. Their ``get_state()`` is the read
 position and random generator state *as of the next batch forward delivers*,
 however far the thread has read ahead, so a resumed solver sees the very same
 batches. ``close()`` stops the thread; dropping the layer stops it too.
+
+With several solvers training together (:func:`data_shard`), each TRAIN-phase
+data layer walks every global batch of ``solver_count * batch_size`` items and
+keeps its rank's contiguous share, drawing the random choices (shuffles,
+mirrors, crops) of the whole global batch, so the ranks stay in step and
+together read exactly what one layer with the global batch size reads.
 """
 from __future__ import annotations
 
@@ -18,11 +24,60 @@ import numpy as np
 
 from ..data.prefetch import Loader, Prefetcher
 from ..errors import ProtonetError
-from .base import Layer, register
+from .base import TRAIN, Layer, register
 
 
 def _shape(blob_shape) -> tuple[int, ...]:
     return tuple(int(d) for d in blob_shape.dim)
+
+
+def data_shard(layer) -> tuple[int, int]:
+    """``(rank, count)``: which share of every global batch a TRAIN-phase data layer reads
+    when ``count`` solvers train together (``caffe.set_solver_count/rank``, or the ranks of
+    ``protonet solve --ranks``). Rank r of N reads items ``r*B .. (r+1)*B - 1`` of each global
+    batch of ``N*B``, so the N ranks together read what one net with batch ``N*B`` reads.
+    TEST nets are not sharded (only rank 0 tests), as in Caffe."""
+    from ..pycaffe import solver_count, solver_rank
+    count, rank = solver_count(), solver_rank()
+    if layer.phase != TRAIN or count <= 1:
+        return 0, 1
+    if not 0 <= rank < count:
+        raise layer.error(f"solver rank {rank} is not below the solver count {count}")
+    return rank, count
+
+
+def shard_transformer(transformer, rank: int, count: int) -> None:
+    """Make ``transformer`` draw the random mirrors and crops of the whole global batch
+    (``count`` times its own) and keep rank ``rank``'s share, so a sharded layer transforms
+    its images exactly as one unsharded layer with the global batch would. Images of
+    differing sizes (only this rank knows its own) draw a fixed amount per global batch
+    instead, so the ranks' generators stay in step."""
+    if count == 1:
+        return
+    draw = transformer.draw
+
+    def sharded(n, heights, widths):
+        take = slice(rank * n, (rank + 1) * n)
+        if np.ndim(heights) == 0 and np.ndim(widths) == 0:
+            flips, rows, cols = draw(n * count, heights, widths)
+            return (None if flips is None else flips[take],
+                    rows[take] if np.ndim(rows) else rows, cols[take] if np.ndim(cols) else cols)
+        rng = transformer.rng
+        flips = rng.integers(2, size=n * count)[take].astype(bool) if transformer.mirror \
+            else None
+        heights, widths = np.asarray(heights), np.asarray(widths)
+        crop = transformer.crop
+        if not crop:
+            zero = np.zeros(n, np.int64)
+            return flips, zero, zero
+        if transformer.phase == TRAIN:
+            u = rng.random((2, n * count))[:, take]
+            rows = np.minimum((u[0] * (heights - crop + 1)).astype(np.int64), heights - crop)
+            cols = np.minimum((u[1] * (widths - crop + 1)).astype(np.int64), widths - crop)
+            return flips, rows, cols
+        return flips, (heights - crop) // 2, (widths - crop) // 2
+
+    transformer.draw = sharded
 
 
 class _Source(Layer):
@@ -124,7 +179,9 @@ class MemoryDataLayer(_Source):
     Tops: data (batch_size, channels, height, width) and labels. The arrays are
     served as they are -- no transformation, as in Caffe -- ``batch_size`` rows
     per forward, wrapping around. After a forward the label top is
-    (batch_size, 1, 1, 1), as Caffe reshapes it.
+    (batch_size, 1, 1, 1), as Caffe reshapes it. With N solvers (see
+    :func:`data_shard`) every rank is given the same arrays and serves its
+    ``batch_size`` rows of each global batch of ``N * batch_size``.
     """
 
     exact_num_top = 2
@@ -137,6 +194,7 @@ class MemoryDataLayer(_Source):
                              f"in memory_data_param (got {list(self.shape)})")
         self.data = self.labels = None
         self.pos = 0
+        self.shard = data_shard(self)
         top[0].reshape(self.shape)
         top[1].reshape((self.shape[0],))
 
@@ -158,9 +216,9 @@ class MemoryDataLayer(_Source):
         if labels.size != len(data) or (labels.ndim > 1 and labels.shape[0] != len(data)):
             raise self.error(f"{len(data)} data rows but labels of shape {list(labels.shape)}; "
                              "give one label per row")
-        if len(data) == 0 or len(data) % self.batch_size:
-            raise self.error(f"{len(data)} rows is not a positive multiple of batch_size "
-                             f"{self.batch_size}")
+        if len(data) == 0 or len(data) % self._global_batch:
+            raise self.error(f"{len(data)} rows is not a positive multiple of "
+                             f"{self._batch_words()}")
         if self.param.HasField("transform_param"):
             warnings.warn(f"layer '{self.name}': MemoryData does not transform arrays given "
                           "with set_input_arrays (transform_param is ignored, as in Caffe)",
@@ -168,6 +226,16 @@ class MemoryDataLayer(_Source):
         self.data = np.ascontiguousarray(data, self.dtype)
         self.labels = np.ascontiguousarray(labels, self.dtype).reshape(-1)
         self.pos = 0
+
+    @property
+    def _global_batch(self) -> int:
+        return self.batch_size * self.shard[1]
+
+    def _batch_words(self) -> str:
+        count = self.shard[1]
+        return (f"batch_size {self.batch_size}" if count == 1 else
+                f"the global batch {self._global_batch} ({count} solvers x batch_size "
+                f"{self.batch_size})")
 
     def set_batch_size(self, batch_size: int) -> None:
         if batch_size <= 0:
@@ -179,13 +247,14 @@ class MemoryDataLayer(_Source):
         if self.data is None:
             raise self.error("no arrays to serve; call set_input_arrays(data, labels) first")
         n = self.batch_size
-        if len(self.data) % n:
-            raise self.error(f"{len(self.data)} rows is not a multiple of batch_size {n}")
+        if len(self.data) % self._global_batch:
+            raise self.error(f"{len(self.data)} rows is not a multiple of {self._batch_words()}")
         top[0].reshape(self.shape)
         top[1].reshape((n, 1, 1, 1))
-        top[0].data[...] = self.data[self.pos:self.pos + n]
-        top[1].data[...] = self.labels[self.pos:self.pos + n].reshape(n, 1, 1, 1)
-        self.pos = (self.pos + n) % len(self.data)
+        first = self.pos + self.shard[0] * n
+        top[0].data[...] = self.data[first:first + n]
+        top[1].data[...] = self.labels[first:first + n].reshape(n, 1, 1, 1)
+        self.pos = (self.pos + self._global_batch) % len(self.data)
 
     def get_state(self) -> dict:
         return {**super().get_state(), "pos": self.pos}
@@ -314,9 +383,10 @@ class _PrefetchingLayer(_Source):
 class _DatumLoader(Loader):
     """Reads batch_size Datum records per batch and transforms them."""
 
-    def __init__(self, db, transformer, batch_size, shape, dtype, what):
+    def __init__(self, db, transformer, batch_size, shape, dtype, what, shard=(0, 1)):
         self.db, self.transformer = db, transformer
         self.batch_size, self.shape, self.dtype, self.what = batch_size, shape, dtype, what
+        self.rank, self.count = shard
 
     def new_slot(self):
         return _Slot(np.zeros((self.batch_size,) + self.shape, self.dtype),
@@ -324,7 +394,13 @@ class _DatumLoader(Loader):
 
     def load(self, slot):
         from ..data.lmdb_source import decode_batch
+        before = self.rank * self.batch_size
+        if before:
+            self.db.skip(before)
         values = self.db.read(self.batch_size)
+        after = (self.count - 1 - self.rank) * self.batch_size
+        if after:
+            self.db.skip(after)
         pixels, labels = decode_batch(values, self.transformer.decode_mode,
                                       f"{self.what}: a record in '{self.db.path}'")
         _transform_into(self.transformer, slot, pixels, self.dtype)
@@ -379,8 +455,10 @@ class DataLayer(_PrefetchingLayer):
                 raise
             shape = self.transformer.output_shape(*record)
             self.data_shape = (self.batch_size,) + shape
+            shard = data_shard(self)
+            shard_transformer(self.transformer, *shard)
             loader = _DatumLoader(db, self.transformer, self.batch_size, shape, self.dtype,
-                                  f"layer '{self.name}' (Data)")
+                                  f"layer '{self.name}' (Data)", shard)
             self._start(loader, p.prefetch)
         top[0].reshape(self.data_shape)
         if len(top) > 1:
@@ -408,6 +486,7 @@ class _ImageLoader(Loader):
         self.epoch_seed = None
         self.order = np.arange(len(lines))
         self.shape = None
+        self.rank, self.count = data_shard(layer)
 
     def reshuffle(self):
         """A new pass in a new random order (Caffe's ShuffleImages)."""
@@ -431,9 +510,11 @@ class _ImageLoader(Loader):
 
     def load(self, slot):
         images, labels = [], np.empty(self.batch_size, np.float32)
-        for k in range(self.batch_size):
-            images.append(self.read(self.index))
-            labels[k] = self.lines[self.order[self.index]][1]
+        first = self.rank * self.batch_size
+        for k in range(self.batch_size * self.count):  # the global batch; this rank's share
+            if first <= k < first + self.batch_size:
+                images.append(self.read(self.index))
+                labels[k - first] = self.lines[self.order[self.index]][1]
             self.index += 1
             if self.index >= len(self.lines):
                 self.index = 0
@@ -486,6 +567,7 @@ class ImageDataLayer(_PrefetchingLayer):
             if not lines:
                 raise self.error(f"image list '{p.source}' is empty")
             loader = _ImageLoader(self, lines, self.transformer, self.rng, self.dtype)
+            shard_transformer(self.transformer, loader.rank, loader.count)
             if p.shuffle:
                 loader.reshuffle()
             if p.rand_skip:
@@ -527,6 +609,7 @@ class HDF5DataLayer(_Source):
             raise self.error("hdf5_data_param.batch_size must be positive")
         self.batch_size = int(p.batch_size)
         self.shuffle = bool(p.shuffle)
+        self.shard = data_shard(self)
         self.names = list(self.param.top)
         overrides = [self.override(i) for i in range(len(top))]
         self.files = None
@@ -596,13 +679,18 @@ class HDF5DataLayer(_Source):
     def forward(self, bottom, top):
         if self.files is None:
             raise self.error("nothing to read: the shapes were given with --input-shape")
-        filled = 0
-        while filled < self.batch_size:
-            take = min(self.batch_size - filled, len(self.row_order) - self.row)
-            rows = self.row_order[self.row:self.row + take]
-            for t, a in zip(top, self.arrays):
-                t.data[filled:filled + take] = a[rows]
-            filled += take
+        # walk the global batch (count x batch_size rows); copy this rank's share
+        rank, count = self.shard
+        lo, hi = rank * self.batch_size, (rank + 1) * self.batch_size
+        pos = 0
+        while pos < self.batch_size * count:
+            take = min(self.batch_size * count - pos, len(self.row_order) - self.row)
+            a, b = max(pos, lo), min(pos + take, hi)
+            if a < b:
+                rows = self.row_order[self.row + a - pos:self.row + b - pos]
+                for t, arr in zip(top, self.arrays):
+                    t.data[a - lo:b - lo] = arr[rows]
+            pos += take
             self.row += take
             if self.row == len(self.row_order):
                 self._next_file()

@@ -53,7 +53,7 @@ import numpy as np
 from ..data.prefetch import Loader
 from ..errors import ProtonetError
 from .base import register
-from .data import _PrefetchingLayer, _Slot
+from .data import _PrefetchingLayer, _Slot, data_shard
 
 
 # -- the window file ---------------------------------------------------------------------------
@@ -237,6 +237,8 @@ class _WindowLoader(Loader):
         self.square = p.crop_mode == "square"
         self.scale = self.dtype.type(p.scale)
         self.num_fg = int(np.float32(self.batch_size) * np.float32(p.fg_fraction))
+        self.fg_fraction = p.fg_fraction
+        self.rank, self.count = data_shard(layer)
 
     def new_slot(self):
         k = self.crop_size
@@ -257,14 +259,20 @@ class _WindowLoader(Loader):
 
     def load(self, slot):
         slot.data[...] = 0
+        # draw the whole global batch (see protonet.layers.data.data_shard); warp this
+        # rank's share of it
+        total = self.batch_size * self.count
+        num_fg = self.num_fg if self.count == 1 else \
+            int(np.float32(total) * np.float32(self.fg_fraction))
+        first = self.rank * self.batch_size
         item = 0
-        for pool, count in ((self.windows.bg, self.batch_size - self.num_fg),
-                            (self.windows.fg, self.num_fg)):
+        for pool, count in ((self.windows.bg, total - num_fg), (self.windows.fg, num_fg)):
             for _ in range(count):
                 window = pool[int(self.rng.integers(len(pool)))]
                 flip = bool(self.rng.integers(2)) if self.mirror else False
-                self.put(slot.data[item], window, flip)
-                slot.label[item] = window.label
+                if first <= item < first + self.batch_size:
+                    self.put(slot.data[item - first], window, flip)
+                    slot.label[item - first] = window.label
                 item += 1
 
     def put(self, out: np.ndarray, window: Window, flip: bool) -> None:

@@ -80,6 +80,11 @@ def add_parsers(sub) -> None:
               "snapshot (and go on), none")
         _flag(p, "sighup-effect", choices=EFFECTS, default="snapshot",
               help="what SIGHUP does (default: snapshot)")
+        _flag(p, "ranks", type=int, default=None, metavar="N",
+              help="train one model on N processes of this machine (started through "
+              "mpiexec; needs mpi4py): each reads its share of every batch, gradients are "
+              "averaged, the effective batch is N times the prototxt's. Across machines, "
+              "start `mpiexec -n N protonet solve SOLVER` yourself")
         _common(p)
         p.set_defaults(func=cmd_solve)
 
@@ -125,6 +130,23 @@ def cmd_solve(args) -> int:
     elif args.weights:
         param.ClearField("weights")
         param.weights.append(args.weights)
+    ranks = getattr(args, "ranks", None)
+    if ranks is not None and ranks < 1:
+        raise ProtonetError(f"--ranks must be at least 1, got {ranks}")
+    from . import distributed
+    world = distributed.launched_size()
+    if world > 1:  # one rank of an MPI job
+        if ranks not in (None, world):
+            raise ProtonetError(f"--ranks {ranks} under an MPI launcher that started {world} "
+                                "processes: leave --ranks out under mpiexec")
+        if distributed.mpi().COMM_WORLD.Get_rank() == 0:
+            _gpu_note(args, param.solver_mode == caffe_pb2.SolverParameter.GPU)
+        return distributed.solve_as_rank(
+            args, path, param, lambda prm, reporter: solver_class(prm.type)(
+                prm, solver_path=path, reporter=reporter))
+    if ranks is not None and ranks > 1:
+        from .launch import launch
+        return launch(args, path, param)
     _gpu_note(args, param.solver_mode == caffe_pb2.SolverParameter.GPU)
     with reporting(args.progress, args.log) as reporter:
         log.info("Use CPU.")

@@ -39,6 +39,7 @@ from ..errors import ProtonetError
 from ..io.weights import copy_trained_layers
 from ..proto import caffe_pb2
 from . import lr_policy, snapshot as snap
+from .callbacks import SolverCallbacks
 from .progress import BRIEF, LOGGER
 from .signals import NONE, SNAPSHOT, STOP
 from .updates import f32
@@ -78,7 +79,7 @@ def _derived_seed(seed: int, index: int) -> int | None:
     return int(words[0]) << 32 | int(words[1])
 
 
-class Solver:
+class Solver(SolverCallbacks):
     """Base of the six solvers: net setup, the loop, testing, snapshots and restore.
 
     ``Solver(path_or_param)`` -- a solver prototxt path or a ``SolverParameter`` (then
@@ -88,6 +89,7 @@ class Solver:
 
     ``action_function`` (callable -> ``"none"|"stop"|"snapshot"``) is polled between
     iterations; ``reporter`` gets ``begin/iteration/end`` calls (progress bar).
+    Several processes training one model: :mod:`protonet.solvers.callbacks`.
     """
 
     type = ""
@@ -122,7 +124,7 @@ class Solver:
         self._check_param()
         log.info("Initializing solver from parameters: \n%s", self.param)
         self._init_train_net()
-        self._init_test_nets()
+        self._init_test_nets_if_root()
         self._multipliers()
         self.pre_solve()
         log.info("Solver scaffolding done.")
@@ -288,6 +290,8 @@ class Solver:
 
     # -- the loop -----------------------------------------------------------------------------
     def _requested_action(self) -> str:
+        if self.parallel is not None:  # the ranks' agreed action
+            return self.parallel.requested_action(self)
         return self.action_function() if self.action_function is not None else NONE
 
     def step(self, iters: int) -> None:
@@ -313,6 +317,7 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
+            self._callbacks_start()
             display = bool(p.display) and self.iter % p.display == 0
             debug = display and p.debug_info
             loss = np.float32(0)
@@ -321,7 +326,7 @@ class Solver:
                 if not math.isfinite(one):
                     self._diverged(one)
                 loss += np.float32(one)
-            loss = float(loss / np.float32(p.iter_size))
+            loss = self._callbacks_gradients(float(loss / np.float32(p.iter_size)))
             self._update_smoothed_loss(loss)
             if display:
                 self._display()
@@ -361,7 +366,7 @@ class Solver:
                 log.info("Optimization stopped early.", extra=BRIEF)
                 return
             if p.display and self.iter % p.display == 0:
-                loss = self.net.forward_from_to()
+                loss = self._mean_over_ranks(self.net.forward_from_to())
                 self._update_smoothed_loss(float(loss))
                 log.info("Iteration %d, loss = %s", self.iter, g(self._smoothed_loss))
             if p.test_interval and self.iter % p.test_interval == 0:
@@ -605,6 +610,8 @@ class Solver:
     def check_snapshot_prefix(self) -> None:
         """Fail now, not after hours of training, if snapshots cannot be written. A missing
         directory is created (Caffe would stop with "Cannot write to snapshot prefix")."""
+        if not self._writes_snapshots():
+            return
         prefix = self.param.snapshot_prefix
         if not prefix:
             raise ProtonetError("snapshots are requested but snapshot_prefix is not set")
@@ -622,8 +629,14 @@ class Solver:
         if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             snap.check_hdf5_snapshot(self.net)
 
-    def snapshot(self) -> str:
-        """Write the weights, the solver state and the sidecar; returns the state's path."""
+    def snapshot(self) -> str | None:
+        """Write the weights, the solver state and the sidecar; returns the state's path
+        (None on the ranks other than 0, which only hand their data positions over)."""
+        if self.parallel is not None:
+            return self.parallel.snapshot(self)
+        return self._write_snapshot()
+
+    def _write_snapshot(self) -> str:
         p = self.param
         self.check_snapshot_prefix()
         snap.remove_stale_temps(p.snapshot_prefix)
@@ -651,13 +664,13 @@ class Solver:
         """What a .solverstate lacks for an exact resume (written to the sidecar)."""
         def layer_states(net):
             return {name: layer.get_state() for name, layer in zip(net.layer_names, net.layers)}
-        return {
+        return self._with_ranks({
             "iter": self.iter, "type": self.type, "learned_net": model,
             "train_net": layer_states(self.net),
             "test_nets": [layer_states(n) for n in self.test_nets],
             "loss_window": {"losses": list(self._losses), "smoothed": self._smoothed_loss,
                             "start": self._window_start},
-        }
+        })
 
     def restore(self, state_file: str) -> None:
         """Continue from a .solverstate or .solverstate.h5 (and its sidecar, if present)."""
@@ -691,6 +704,7 @@ class Solver:
             log.info("%s: no protonet sidecar; resuming as Caffe does (data position, random "
                      "state and the smoothed loss start afresh)", state_file, extra=BRIEF)
             return
+        extra = self._rank_extra(state_file, extra)
         nets = [(self.net, extra.get("train_net", {}))]
         nets += list(zip(self.test_nets, extra.get("test_nets", [])))
         for net, states in nets:
