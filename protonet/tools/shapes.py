@@ -46,8 +46,6 @@ RANKS = (4, 2)
 IMAGE_LAYERS = {"Convolution", "Deconvolution", "Pooling"}
 #: layers never probed: their setup touches the values (MVN in place) or writes files
 NO_PROBE = {"MVN", "HDF5Output"}
-#: data layers of Caffe forks whose shapes :func:`source_shapes` reads (SSD's)
-FORK_SOURCES = {"AnnotatedData"}
 #: the activations' element size (summary counts float32 blobs, as Net builds them)
 ITEMSIZE = 4
 
@@ -218,6 +216,7 @@ def source_shapes(lp, top_names) -> list:
     * an ``input_param`` (Input, or a data layer written with one, as Netscope presets are);
     * Data, AnnotatedData: [batch_size, C, crop_size, crop_size], label [batch_size]; C from
       force_color (3) / force_gray (1) or the number of mean_values (more than one);
+      AnnotatedData's H x W from resize_param without a crop, its label [1, 1, ?, 8];
     * ImageData: [batch_size, 3 (1 without is_color), crop_size or new_height/new_width];
     * WindowData: [batch_size, 3, crop_size, crop_size]; MemoryData: its four fields;
     * DummyData: its shapes; HDF5Data and anything else: unknown (needs the files).
@@ -238,7 +237,11 @@ def source_shapes(lp, top_names) -> list:
         b = pos(lp.data_param.batch_size)
         c = 3 if tp.force_color else 1 if tp.force_gray else \
             len(tp.mean_value) if len(tp.mean_value) > 1 else None
-        data, label = (b, c, crop, crop), ((b,) if t == "Data" else None)
+        hw = (crop, crop)
+        if t == "AnnotatedData" and not crop and tp.HasField("resize_param"):
+            hw = (pos(tp.resize_param.height), pos(tp.resize_param.width))
+        # SSD's label: one row [item, label, instance, x1, y1, x2, y2, difficult] per box
+        data, label = (b, c) + hw, ((b,) if t == "Data" else (1, 1, None, 8))
     elif t == "ImageData":
         p = lp.image_data_param
         b = pos(p.batch_size)
@@ -362,9 +365,7 @@ class _Pass:
 
     def layer(self, lp) -> None:
         bottoms = [self.shapes.get(b) for b in lp.bottom]
-        if lp.type in FORK_SOURCES and not len(lp.bottom):
-            self.inferred(lp, "a layer type protonet does not know")
-        elif (lp.type == "Python" and native_layer_type(lp) is None) \
+        if (lp.type == "Python" and native_layer_type(lp) is None) \
                 or lp.type not in LAYER_REGISTRY:
             self.opaque(lp)
         elif all(known(s) for s in bottoms):
