@@ -2,11 +2,13 @@
 
     report = net.to_onnx("model.onnx")               # Net.to_onnx calls to_onnx(net, ...)
     report = to_onnx(net, "model.onnx", opset=17, dynamic_batch=True, check=True)
+    report = to_onnx(net, "ssd.onnx", outputs=["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"])
 
 Every layer type with an exact ONNX expression exports (see the modules:
 :mod:`~protonet.export.vision`, :mod:`~protonet.export.common`,
 :mod:`~protonet.export.neuron`, :mod:`~protonet.export.normalization`,
-:mod:`~protonet.export.sources`), with Caffe's semantics written out: pooling's
+:mod:`~protonet.export.sources`, and the forks' layers in
+:mod:`~protonet.export.forks`), with Caffe's semantics written out: pooling's
 round-up-then-clip output size and AVE divisor, BatchNorm's scale factor,
 Bias/Scale broadcasting. Exporters are registered by Caffe type string
 (:func:`~protonet.export.registry.exporter`). Training-only layers (losses,
@@ -55,7 +57,7 @@ class ExportReport:
 
 def export(net, path: str, *, opset: int | None = None, dynamic_batch: bool = False,
            check: bool | None = None, seed: int = 0,
-           tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+           tolerance: float = DEFAULT_TOLERANCE, outputs=None) -> ExportReport:
     """Write ``net`` (a TEST-phase :class:`~protonet.net.Net`) to ``path`` as ONNX.
 
     ``opset``: default the newest the installed onnxruntime runs (at least 17);
@@ -64,14 +66,16 @@ def export(net, path: str, *, opset: int | None = None, dynamic_batch: bool = Fa
     every output (default: when onnxruntime is installed; it runs ``net`` forward, so its
     blobs then hold that pass). Nothing is written when a layer cannot be exported. A check
     over ``tolerance`` is reported, not raised (``report.ok``); :func:`to_onnx` raises
-    instead.
+    instead. ``outputs``: blob names to export up to (the graph's outputs, in that order;
+    only the layers they need are exported) -- e.g. the inputs of a layer ONNX cannot
+    express; default: the net's own outputs.
     """
     import os
 
     from ..io.atomic import atomic_write
     from .check import check as run_check
     from .check import have_runtime
-    exported = export_net(net, opset=opset, dynamic_batch=dynamic_batch)
+    exported = export_net(net, opset=opset, dynamic_batch=dynamic_batch, outputs=outputs)
     try:
         data = exported.model.SerializeToString()
     except ValueError:

@@ -4,8 +4,10 @@ input, and compare every output.
 An output agrees when its largest absolute difference is within ``tolerance``
 (default 1e-4) of its scale, the largest ``|value|`` protonet gives for it. The
 random input is standard normal, except where a layer reads integer indices
-(``Embed``, ``BatchReindex``): there it holds valid indices. A model with a
-dynamic batch is also run at a second batch size.
+(``Embed``, ``BatchReindex``): there it holds valid indices, and where a layer
+reads regions (``ROIPooling``): there it holds regions ``[batch_index, x1, y1,
+x2, y2]`` on the image. A model with a dynamic batch is also run at a second
+batch size.
 """
 from __future__ import annotations
 
@@ -94,14 +96,37 @@ def runtime_opset(newest: int) -> int | None:
     return None
 
 
+def random_regions(rng: np.random.Generator, shape: tuple, images: int,
+                   image_hw: tuple) -> np.ndarray:
+    """Regions ``[batch_index, x1, y1, x2, y2]`` (``shape`` holding 5 values per row) on
+    ``images`` images of ``image_hw`` pixels: corners from a little outside the image to
+    a little past it, a few of them reversed, as real proposals may be."""
+    rows = max(1, int(np.prod(shape)) // 5) if shape else 1
+    h, w = image_hw
+    out = np.empty((rows, 5), np.float32)
+    out[:, 0] = rng.integers(0, max(1, images), rows)
+    x = rng.uniform(-0.1, 1.1, (rows, 2)) * w
+    y = rng.uniform(-0.1, 1.1, (rows, 2)) * h
+    flip = rng.random(rows) < 0.9  # most regions ordered, as a detector gives them
+    out[:, 1], out[:, 3] = np.where(flip, x.min(1), x[:, 0]), np.where(flip, x.max(1), x[:, 1])
+    out[:, 2], out[:, 4] = np.where(flip, y.min(1), y[:, 0]), np.where(flip, y.max(1), y[:, 1])
+    return out.reshape(shape)
+
+
 def random_inputs(exported, rng: np.random.Generator, batch: int | None = None) -> dict:
-    """A random value for every graph input (integer indices where layers want them)."""
+    """A random value for every graph input (integer indices and regions where layers want
+    them)."""
     feeds = {}
+    regions = getattr(exported, "region_inputs", {})
     for name, shape in exported.inputs:
         if batch is not None and shape:
             shape = (batch,) + tuple(shape[1:])
         limit = exported.index_inputs.get(name)
-        if limit is not None:
+        if name in regions:
+            image_hw, count = regions[name]
+            feeds[name] = random_regions(rng, shape, batch if batch is not None else count,
+                                         image_hw)
+        elif limit is not None:
             feeds[name] = rng.integers(0, limit, shape).astype(np.float32)
         else:
             feeds[name] = rng.standard_normal(shape).astype(np.float32)

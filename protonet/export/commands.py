@@ -3,6 +3,7 @@
     protonet export deploy.prototxt weights.caffemodel model.onnx
     protonet export train_val.prototxt w.caffemodel m.onnx --input-shape data=1,3,227,227
     protonet export deploy.prototxt w.caffemodel m.onnx --opset 17 --dynamic-batch --no-check
+    protonet export ssd.prototxt w.caffemodel m.onnx --outputs mbox_loc,mbox_priorbox
 
 Exit status: 0 when written (and, with the check, every output agrees), 3 when the
 check finds an output over tolerance (the file is kept), 1 on a user error (nothing
@@ -36,14 +37,27 @@ def _strip_training_layers(param):
     return out, notes
 
 
-def _python_layers(param, level: int, stages: list[str]) -> list[str]:
-    """Python layers with bottoms in the TEST phase: code ONNX cannot hold."""
+def _python_layers(param, level: int, stages: list[str], outputs=None) -> list[str]:
+    """Python layers with bottoms in the TEST phase (those the ``outputs`` need, when
+    given): code ONNX cannot hold. py-faster-rcnn's proposal layer, which protonet runs
+    natively, is left to its exporter."""
     from ..graph import filter_net
+    from ..layers.python_layer import native_layer_type
     from ..proto import caffe_pb2
     state = caffe_pb2.NetState(phase=caffe_pb2.TEST, level=level, stage=stages)
+    layers = list(filter_net(param, state).layer)
+    if outputs:
+        needed, kept = set(outputs), []
+        for l in reversed(layers):
+            if needed.intersection(l.top):
+                kept.append(l)
+                needed.difference_update(l.top)
+                needed.update(l.bottom)
+        layers = kept[::-1]
     return [f"layer '{l.name}' (Python): a Python layer runs the module "
             f"'{l.python_param.module}', which ONNX cannot hold"
-            for l in filter_net(param, state).layer if l.type == "Python" and len(l.bottom)]
+            for l in layers if l.type == "Python" and len(l.bottom)
+            and native_layer_type(l) is None]
 
 
 def cmd_export(args) -> int:
@@ -63,7 +77,8 @@ def cmd_export(args) -> int:
         raise ProtonetError(f"{args.weights}: no such file")
     param = read_net(args.net, lenient=args.lenient)
     stages = _stages(args)
-    python = _python_layers(param, args.level, stages)
+    outputs = [b for arg in args.outputs for b in arg.split(",") if b] or None
+    python = _python_layers(param, args.level, stages, outputs)
     if python:
         raise ProtonetError("cannot export to ONNX: " + "; ".join(python))
     param, notes = _strip_training_layers(param)
@@ -71,7 +86,8 @@ def cmd_export(args) -> int:
               shape_overrides=dict(args.input_shape), opaque_python_layers=True)
     try:
         report = export(net, args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                        check=args.check, seed=args.seed, tolerance=args.tolerance)
+                        check=args.check, seed=args.seed, tolerance=args.tolerance,
+                        outputs=outputs)
     finally:
         net.close()
     for note in notes + report.notes:
@@ -112,6 +128,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--input-shape", action="append", default=[], type=_shape_arg,
                    metavar="TOP=N,C,H,W",
                    help="shape of an input or data layer's top (repeatable)")
+    p.add_argument("--outputs", action="append", default=[], metavar="BLOB[,BLOB...]",
+                   help="export up to these blobs (the graph's outputs, in this order; only "
+                   "the layers they need are exported), e.g. the inputs of a layer ONNX "
+                   "cannot express; repeatable (default: the net's outputs)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="let the inputs' first dimension be any batch size")
     check = p.add_mutually_exclusive_group()

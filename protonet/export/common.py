@@ -1,5 +1,6 @@
-"""Common layers: InnerProduct, Split, Dropout, Flatten, Reshape, Concat, Slice, Eltwise,
-Softmax, Tile, Reduction, ArgMax, Embed, Bias, Scale, BatchReindex, Filter.
+"""Common layers: InnerProduct, Split, Dropout (``scale_train: false`` included), Flatten,
+Reshape, Concat, Slice, Eltwise, Softmax, Tile, Reduction, ArgMax, Embed, Bias, Scale,
+BatchReindex, Filter.
 
 Shapes written into the graph copy the batch dimension (ONNX ``Reshape``'s 0) or
 infer it (-1) rather than fix it, so a model exported with a dynamic batch runs
@@ -43,11 +44,22 @@ def inner_product(L):
         L.node("MatMul", [x, L.const(w.T, "weight")], [L.out(0)])
 
 
-@exporter("Split", "Dropout")
+@exporter("Split")
 def identity(L):
-    """Split's tops share the bottom; Dropout in TEST is the identity."""
+    """Split's tops share the bottom."""
     for j in range(len(L.tops)):
         L.alias(j, L.inputs[0])
+
+
+@exporter("Dropout")
+def dropout(L):
+    """Dropout in TEST is the identity -- or, with ``scale_train: false`` (caffe-fast-rcnn,
+    py-faster-rcnn's nets), a multiplication by ``1 - dropout_ratio``."""
+    factor = getattr(L.layer, "test_scale", 1.0)
+    if factor == 1.0:
+        L.alias(0, L.inputs[0])
+    else:
+        L.binary("Mul", L.inputs[0], np.float32(factor), "keep", out=L.out(0))
 
 
 @exporter("Flatten")

@@ -6,7 +6,9 @@ written once, so each write gets its own value (``blob@layer``) and the last
 one carries the blob's name. Graph inputs and outputs keep Caffe's blob names:
 inputs are the tops of data layers (``Input``, ``Data``, ``DummyData``, ...) that
 exported layers read; outputs are the blobs left unconsumed once training-only
-layers (losses, ``Accuracy``) are dropped -- Caffe's own rule for net outputs.
+layers (losses, ``Accuracy``) are dropped -- Caffe's own rule for net outputs --
+or the blobs asked for (``outputs=``: only the layers they need are exported, so a
+net can be exported up to the inputs of a layer ONNX cannot express).
 """
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ from dataclasses import dataclass, field
 from ..errors import ProtonetError
 from ..layers import TRAIN
 from .graph import Graph, fold_affine
-from .registry import EXPORTERS, LayerExport, Unexportable
+from .registry import EXPORTERS, OPSET_LIMITS, LayerExport, Unexportable
 
 #: dropped from an exported net: they need labels or produce nothing for inference
 TRAINING_ONLY = {"Accuracy", "HDF5Output", "Silence"}
-#: exporters that pass a bottom on unchanged (their writes do not take the blob's name)
+#: exporters that pass a bottom on unchanged (their writes do not take the blob's name);
+#: Dropout only when its TEST pass is the identity (see :func:`_aliases`)
 ALIASING = {"Dropout", "Split"}
 #: modules whose exporters register themselves on import (add new layer families here)
 EXPORTER_MODULES = ("protonet.export.common", "protonet.export.neuron",
                     "protonet.export.normalization", "protonet.export.sources",
-                    "protonet.export.vision")
+                    "protonet.export.vision", "protonet.export.forks")
 MIN_OPSET = 13
 #: the default opset when onnxruntime is not installed
 FALLBACK_OPSET = 17
@@ -48,6 +51,9 @@ class Exported:
     notes: list[str] = field(default_factory=list)
     index_inputs: dict[str, int] = field(default_factory=dict)
     dynamic_batch: bool = False
+    #: input blob -> ((height, width) in pixels, number of images) of the images its
+    #: regions lie on
+    region_inputs: dict[str, tuple] = field(default_factory=dict)
 
 
 def onnx_module():
@@ -91,6 +97,7 @@ class _Session:
         self.claimed: set[str] = set()
         self.notes: list[str] = []
         self.index_inputs: dict[str, int] = {}
+        self.region_inputs: dict[str, tuple] = {}
         self.input_layer: dict[str, str] = {}
         self.shapes: dict[str, tuple] = {}
 
@@ -110,8 +117,15 @@ class _Session:
         return name
 
 
-def export_net(net, opset: int | None = None, dynamic_batch: bool = False) -> Exported:
+def export_net(net, opset: int | None = None, dynamic_batch: bool = False,
+               outputs=None) -> Exported:
     """Build the ONNX model of ``net`` (a TEST-phase :class:`~protonet.net.Net`).
+
+    ``opset``: None for the newest the installed onnxruntime runs, for every op the net
+    needs (see :data:`~protonet.export.registry.OPSET_LIMITS`).
+    ``outputs``: blob names that become the graph's outputs (each its last value in the
+    net), in that order; only the layers they need are exported. Default: the blobs no
+    exported layer reads, as Caffe's net outputs.
 
     Raises :class:`ProtonetError` naming every layer that cannot be exported, and why.
     """
@@ -124,12 +138,21 @@ def export_net(net, opset: int | None = None, dynamic_batch: bool = False) -> Ex
             "differently in TRAIN): build it with phase caffe.TEST")
     session = _Session(net, resolve_opset(opset), dynamic_batch)
     kept, consumers_only = _classify(net, session)
+    wanted = None
+    if outputs is not None:
+        wanted = _wanted(net, kept, outputs)
+        kept = _upstream(net, kept, wanted, session)
+        consumers_only = []
+    limits = [OPSET_LIMITS[net.layers[i].type] for i in kept
+              if net.layers[i].type in OPSET_LIMITS]
+    if opset is None and limits and min(limits) < session.opset:
+        session.opset = session.graph.opset = max(MIN_OPSET, min(limits))
     errors: list[str] = []
     failed: set[str] = set()  # tops of layers that failed: their readers say nothing more
     current: dict[str, str] = {}
     last_writer = {}
     for i in kept:
-        if net.layers[i].type not in ALIASING:
+        if not _aliases(net.layers[i]):
             for top in net.layer_tops[i][:len(net.top_vecs[i])]:
                 last_writer[top] = i
     for i in kept:
@@ -163,7 +186,7 @@ def export_net(net, opset: int | None = None, dynamic_batch: bool = False) -> Ex
             session.shapes.setdefault(value, L.out_shapes[j])
     if errors:
         raise ProtonetError("cannot export to ONNX: " + "; ".join(errors))
-    outputs = _outputs(net, kept, consumers_only, session)
+    outputs = wanted if wanted is not None else _outputs(net, kept, consumers_only, session)
     if not outputs:
         raise ProtonetError("nothing to export: no layer output is left once the training "
                             "layers are dropped")
@@ -189,9 +212,61 @@ def export_net(net, opset: int | None = None, dynamic_batch: bool = False) -> Ex
         onnx.checker.check_model(model)
     except ValueError as e:  # larger than protobuf's 2 GB: checked by path only
         raise ProtonetError(f"the ONNX model cannot be checked in memory ({e})") from None
+    names = {n for n, _ in graph.inputs}
     return Exported(model, session.opset, list(graph.inputs), out_shapes, kept,
-                    session.notes, {k: v for k, v in session.index_inputs.items()
-                                    if k in {n for n, _ in graph.inputs}}, dynamic_batch)
+                    session.notes, {k: v for k, v in session.index_inputs.items() if k in names},
+                    dynamic_batch,
+                    {k: v for k, v in session.region_inputs.items() if k in names})
+
+
+def _aliases(layer) -> bool:
+    """Whether ``layer``'s exporter passes its bottom on unchanged (Split; Dropout unless
+    ``scale_train: false`` makes its TEST pass a multiplication)."""
+    if layer.type == "Dropout":
+        return getattr(layer, "test_scale", 1.0) == 1.0
+    return layer.type in ALIASING
+
+
+def _wanted(net, kept, outputs) -> list[str]:
+    """``outputs`` checked: blob names of the net that an exported layer writes."""
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    wanted = list(dict.fromkeys(str(b) for b in outputs))
+    if not wanted:
+        raise ProtonetError("outputs: give at least one blob name")
+    written = {t for i in kept for t in net.layer_tops[i][:len(net.top_vecs[i])]}
+    for blob in wanted:
+        if blob not in net.blobs:
+            import difflib
+            close = difflib.get_close_matches(blob, list(net.blobs), n=3)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ProtonetError(f"outputs: the net has no blob '{blob}'{hint}")
+        if blob not in written:
+            raise ProtonetError(f"outputs: blob '{blob}' is written only by dropped "
+                                "training layers")
+    return wanted
+
+
+def _upstream(net, kept, wanted, session) -> list[int]:
+    """The layers of ``kept`` that the ``wanted`` blobs' last values depend on (a note
+    names the others)."""
+    needed = set(wanted)
+    keep = []
+    for i in reversed(kept):
+        tops = set(net.layer_tops[i][:len(net.top_vecs[i])])
+        if tops & needed:
+            keep.append(i)
+            needed -= tops
+            needed.update(net.layer_bottoms[i])
+    keep.reverse()
+    chosen = set(keep)
+    left = [f"'{net.layer_names[i]}' ({net.layers[i].type})" for i in kept
+            if i not in chosen and net.bottom_vecs[i]]
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        session.notes.append(f"outputs {', '.join(wanted)}: layers they do not need are left "
+                             f"out: {shown}")
+    return keep
 
 
 def _classify(net, session) -> tuple[list[int], list[int]]:

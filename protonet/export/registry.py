@@ -29,6 +29,9 @@ import numpy as np
 EXPORTERS: dict[str, Callable] = {}
 
 INT64_MAX = 2 ** 63 - 1
+#: Caffe type -> the newest opset whose version of its ONNX op onnxruntime runs, where
+#: that is below what it runs otherwise: the default opset of a net holding one stops there
+OPSET_LIMITS: dict[str, int] = {}
 
 
 def exporter(*types: str):
@@ -54,7 +57,8 @@ class LayerExport:
     (Caffe blob names); ``inputs`` (the ONNX values holding the bottoms) and
     ``in_shapes``/``out_shapes`` (Caffe shapes, batch included); ``opset``;
     ``dynamic`` (the batch dimension is symbolic: shapes written into the graph
-    must not fix it).
+    must not fix it); ``bottom_blobs`` (the built net's bottom blobs, for a layer
+    whose output depends on shapes only: it can be run at export time).
     """
 
     def __init__(self, session, index: int, inputs: list[str], name_for):
@@ -69,6 +73,8 @@ class LayerExport:
         self.tops = list(net.layer_tops[index])[:len(net.top_vecs[index])]
         self.inputs = list(inputs)
         self.in_shapes = [tuple(b.shape) for b in net.bottom_vecs[index]]
+        #: the built net's bottom blobs (for layers whose output depends on shapes only)
+        self.bottom_blobs = list(net.bottom_vecs[index])
         self.out_shapes = [tuple(t.shape) for t in net.top_vecs[index]]
         self.opset = session.opset
         self.dynamic = session.dynamic_batch
@@ -121,6 +127,13 @@ class LayerExport:
         """Bottom ``j`` holds integer indices in ``[0, limit)``: when it is a graph input,
         the check draws such indices for it."""
         self._session.index_inputs.setdefault(self.inputs[j], limit)
+
+    def region_input(self, j: int, image_hw: tuple[float, float]) -> None:
+        """Bottom ``j`` holds regions ``[batch_index, x1, y1, x2, y2]`` on images of
+        ``image_hw`` pixels whose batch is bottom 0's: when it is a graph input, the check
+        draws such regions for it."""
+        images = self.in_shapes[0][0] if self.in_shapes[0] else 1
+        self._session.region_inputs.setdefault(self.inputs[j], (tuple(image_hw), images))
 
     def note(self, text: str) -> None:
         self._session.notes.append(f"layer '{self.name}' ({self.type}): {text}")
