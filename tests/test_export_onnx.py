@@ -675,3 +675,21 @@ def test_cli_python_data_layer_becomes_an_input(tmp_path, cli_files, capsys):
     assert main(["export", str(net), weights, out, "--input-shape", "data=1,3,5,5"]) == 0
     text = capsys.readouterr().out
     assert "inputs: data 1x3x5x5; outputs: conv 1x4x3x3" in text and "(1 compared)" in text
+
+
+def test_dynamic_batch_outputs_declare_their_inferred_shapes(tmp_path):
+    """A graph output's shape is N x the rest with --dynamic-batch (not rank only)."""
+    import onnx
+    import protonet
+    from protonet.io import parse_net
+    net = protonet.Net(parse_net(
+        'input: "data" input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        'convolution_param { num_output: 4 kernel_size: 3 '
+        'weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" '
+        'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }'), protonet.TEST)
+    path = tmp_path / "m.onnx"
+    net.to_onnx(str(path), dynamic_batch=True)
+    (out,) = onnx.load(str(path)).graph.output
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 4, 3, 3]

@@ -113,14 +113,17 @@ class Graph:
                                   producer_version=producer)
         model.ir_version = helper.find_min_ir_version_for(opsets)
         if dynamic_batch:
+            # declare the outputs by rank only, then keep what shape inference finds for
+            # them (a graph output's inferred type lands in graph.output, not value_info)
+            for out in model.graph.output:
+                for d in out.type.tensor_type.shape.dim:
+                    d.Clear()
             inferred = onnx.shape_inference.infer_shapes(model)
-            shapes = {o.name: o.type for o in inferred.graph.value_info}
+            shapes = {o.name: o.type for o in inferred.graph.output}
+            shapes.update({o.name: o.type for o in inferred.graph.value_info})
             for out in model.graph.output:
                 if out.name in shapes:
                     out.type.CopyFrom(shapes[out.name])
-                else:  # rank only
-                    for d in out.type.tensor_type.shape.dim:
-                        d.Clear()
         return model
 
 
