@@ -9,7 +9,10 @@ import sys
 import time
 
 
-def main(name: str, batch: int, iterations: int, input_kind: str = "random") -> None:
+def main(name: str, batch: int, iterations: int, input_kind: str = "random",
+         folder: str | None = None, options: str = "") -> None:
+    """``folder``: where ``bench.zoo.prepare`` wrote a zoo net's files (zoo nets only);
+    ``options``: comma-separated Net keywords set to False (``fuse``)."""
     sys.path.insert(0, ".")
     from protonet._malloc import tune_malloc
     tuned = tune_malloc()
@@ -19,11 +22,20 @@ def main(name: str, batch: int, iterations: int, input_kind: str = "random") -> 
     from protonet.io import parse_net
 
     from bench.nets import NETS, input_batch
-    template, _, forward_only = NETS[name]
-    net = protonet.Net(parse_net(template % {"batch": batch}),
-                       protonet.TEST if forward_only else protonet.TRAIN, seed=0)
-    net.forward_from_to(0, 0)  # DummyData fills its constant once; then the input goes in
-    net.blobs["data"].data[...] = input_batch(name, batch, input_kind)
+    from bench.zoo import ZOO, files
+    kw = {k: False for k in options.split(",") if k}
+    if name in ZOO:  # a zoo deploy net, as a user loads it: prototxt + caffemodel
+        prototxt, weights = files(name, batch, folder)
+        net = protonet.Net(prototxt, protonet.TEST, weights=weights, **kw)
+        forward_only = True
+        from bench.zoo import input_batch as zoo_input
+        net.blobs["data"].data[...] = zoo_input(name, batch, input_kind)
+    else:
+        template, _, forward_only = NETS[name]
+        net = protonet.Net(parse_net(template % {"batch": batch}),
+                           protonet.TEST if forward_only else protonet.TRAIN, seed=0, **kw)
+        net.forward_from_to(0, 0)  # DummyData fills its constant once; then the input goes in
+        net.blobs["data"].data[...] = input_batch(name, batch, input_kind)
     # peak: one large float32 GEMM, to report achieved GFLOP/s against
     a = np.ones((1024, 1024), np.float32)
     a @ a
@@ -52,4 +64,4 @@ def main(name: str, batch: int, iterations: int, input_kind: str = "random") -> 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:7])

@@ -46,9 +46,17 @@ def _add_net_args(p, lenient_default: bool, runs_layers: bool = True):
 def _add_run_args(p):
     p.add_argument("--allow-python-layers", action="store_true",
                    help="let `type: \"Python\"` layers import and run their modules")
+    add_fuse_arg(p)
     p.add_argument("--memory-limit", metavar="SIZE", default=None,
                    help="refuse nets whose blobs need more (e.g. 8G; 0 = no limit; default: "
                    "$PROTONET_MEMORY_LIMIT, else the memory available)")
+
+
+def add_fuse_arg(p):
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", default=None,
+                   help="run BatchNorm/Scale/Bias layers and ReLUs one by one instead of "
+                   "folded into the convolution before them (folding is the TEST phase's "
+                   "default)")
 
 
 def _memory_limit(args):
@@ -93,7 +101,8 @@ def cmd_time(args) -> int:
         raise ProtonetError("--iterations must be at least 1")
     net = Net(args.net, args.phase, level=args.level, stages=_stages(args),
               lenient=args.lenient, seed=0, shape_overrides=dict(args.input_shape),
-              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args))
+              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args),
+              fuse=args.fuse)
     result = time_net(net, args.iterations, warmup=args.warmup)
     print(json.dumps(result, indent=1) if args.json else format_timing(result))
     return 0
@@ -107,7 +116,8 @@ def cmd_compare(args) -> int:
     from .net import Net
     from .tools.compare import compare, format_rows, load_reference, opencv_reference
     net = Net(args.net, args.phase, weights=args.weights, lenient=args.lenient,
-              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args))
+              allow_python_layers=args.allow_python_layers, memory_limit=_memory_limit(args),
+              fuse=args.fuse)
     inputs = {}
     for spec in args.input:
         name, _, path = spec.partition("=")

@@ -18,6 +18,7 @@ import numpy as np
 from . import parallel
 from .blob import Blob
 from .errors import ProtonetError
+from .fuse import find_chains
 from .graph import filter_net, insert_splits
 from .layers import TEST, TRAIN, Layer, create_layer
 from .layers.python_layer import native_layer_type
@@ -65,7 +66,9 @@ class Net:
     Keyword-only extras: ``lenient`` (read Netscope's dialect), ``seed`` (fillers and random
     layers draw from it; default: :func:`protonet.set_random_seed`'s, else fresh entropy),
     ``dtype`` (``np.float64`` for double precision), ``init_weights=False`` (shapes only),
-    ``shape_overrides`` ({top: shape} for data layers), ``allow_python_layers``.
+    ``shape_overrides`` ({top: shape} for data layers), ``allow_python_layers``, ``fuse``
+    (fold BatchNorm/Scale/Bias chains and a ReLU into the convolution or inner product
+    before them, invisibly: :mod:`protonet.fuse`; default: in the TEST phase).
 
     What pycaffe scripts read:
 
@@ -92,7 +95,7 @@ class Net:
                  lenient: bool = False, seed: int | None = None, dtype=np.float32,
                  init_weights: bool = True, shape_overrides: dict | None = None,
                  allow_python_layers: bool = False, opaque_python_layers: bool = False,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, fuse: bool | None = None):
         from .io import read_net
         if _is_weights_path(phase):
             # pycaffe's legacy Net(prototxt, caffemodel, phase)
@@ -131,6 +134,9 @@ class Net:
         self.allow_python_layers = allow_python_layers
         self.opaque_python_layers = opaque_python_layers
         self._build(shape_overrides or {})
+        self.fuse = self.phase == TEST if fuse is None else bool(fuse)
+        self._chains = find_chains(self) if self.fuse else []
+        self._chain_at = {i: c for c in self._chains for i in c.indices}
         try:
             check_memory(self, memory_limit)
         except ProtonetError:
@@ -349,7 +355,14 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         with parallel.blas_held():
-            for i in range(start, end + 1):
+            i = start
+            while i <= end:
+                chain = self._chain_at.get(i)
+                if chain is not None and i == chain.head and chain.last <= end:
+                    i = self._forward_chain(chain)
+                    continue
+                if chain is not None and i == chain.members[0]:
+                    chain.stale = False  # its members run themselves
                 layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
                 layer.reshape(bottom, top)
                 with parallel.blas_for(layer):
@@ -359,7 +372,20 @@ class Net:
                 for blob, weight in zip(top, layer.loss_weights):
                     if weight:
                         loss += _weighted_loss(blob, weight)
+                i += 1
         return loss
+
+    def _forward_chain(self, chain) -> int:
+        """Run a folded chain (:mod:`protonet.fuse`) as its head layer alone, writing every
+        blob of the chain; returns the index after it."""
+        for i in chain.indices:
+            self.layers[i].reshape(self.bottom_vecs[i], self.top_vecs[i])
+        head = self.layers[chain.head]
+        with parallel.blas_for(head):
+            head.forward(self.bottom_vecs[chain.head], self.top_vecs[chain.head],
+                         epilogue=chain.epilogue())
+        chain.stale = True
+        return chain.last + 1
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
@@ -367,6 +393,9 @@ class Net:
         with parallel.blas_held():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
+                chain = self._chain_at.get(i)
+                if chain is not None and chain.stale and self.layer_need_backward[i]:
+                    chain.replay()  # the members' state for their backward
                 if self.layer_need_backward[i]:
                     with parallel.blas_for(layer):
                         layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])

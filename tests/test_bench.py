@@ -56,3 +56,24 @@ def test_protonet_runner_takes_the_input_kind(kind):
     from bench.__main__ import run
     r = run("run_protonet", ["lenet", 1, 1, kind], 1)
     assert len(r["times"]) == 1
+
+
+def test_the_machine_line_names_the_cpu_and_the_blas_kernel():
+    from bench.__main__ import machine
+    line = machine()
+    assert line.startswith("CPU: ") and "BLAS: " in line and "load average" in line
+
+
+@pytest.mark.slow
+def test_zoo_rows_time_protonet_against_opencv(capsys, monkeypatch):
+    pytest.importorskip("cv2")
+    from bench import zoo
+    from conftest import corpus_dir
+    if corpus_dir() is None:
+        pytest.skip("no corpus")
+    monkeypatch.setenv("PROTONET_CORPUS", str(corpus_dir()))
+    from bench.__main__ import main
+    rows = main(["--nets", "squeezenet11", "--iterations", "3", "--rounds", "1", "--batch", "1"])
+    assert [(r["net"], r["batch"], r["threads"]) for r in rows] == [("squeezenet11", 1, 2)]
+    assert rows[0]["reference"] == "OpenCV" and rows[0]["opencv_ms"] > 0 and rows[0]["fuse"]
+    assert "squeezenet11" in zoo.ZOO and "OpenCV" in capsys.readouterr().out

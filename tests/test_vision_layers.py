@@ -479,12 +479,12 @@ def test_pooling_needs_four_axes():
         setup_layer(layer, [np.zeros((1, 5, 5), np.float32)])
 
 
-# many input channels: channels-last tiles; backward-data is a stride-1 convolution of the
+# many input channels (and several images): channels-last tiles; backward-data is a stride-1 convolution of the
 # padded top diff where that pays, else per-tap slabs folded into a frame
 WIDE_CASES = [
     # params, input shape, backward-data as a full convolution?
     ("num_output: 8 kernel_size: 5 pad: 2", (2, 16, 7, 6), True),
-    ("num_output: 5 kernel_size: 3 pad: 1 bias_term: false", (1, 16, 4, 4), True),
+    ("num_output: 5 kernel_size: 3 pad: 1 bias_term: false", (2, 16, 4, 4), True),
     ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2", (2, 16, 7, 7), True),
     ("num_output: 4 kernel_h: 3 kernel_w: 5 pad_h: 1 pad_w: 2", (3, 18, 5, 8), True),
     ("num_output: 6 kernel_size: 3 stride: 2 pad: 1", (3, 17, 9, 8), False),

@@ -4,8 +4,9 @@ Importing this package registers every layer type; look one up with
 ``LAYER_REGISTRY["Convolution"]`` or list them with :func:`layer_type_list`.
 """
 from .base import LAYER_REGISTRY, TEST, TRAIN, Layer, create_layer, layer_type_list, register
-from . import (annotated_data, common, data, forks, loss, multibox_loss,  # noqa: F401 (registers)
-               neuron, normalization, python_layer, rcnn, recurrent, ssd, vision, window_data)
+from . import (annotated_data, common, conv, data, forks, loss,  # noqa: F401 (registers)
+               multibox_loss, neuron, normalization, pooling, python_layer, rcnn, recurrent,
+               scale_bias, ssd, utility, vision, window_data)
 
 __all__ = ["LAYER_REGISTRY", "TEST", "TRAIN", "Layer", "create_layer", "layer_type_list", "register"]
 

@@ -1,6 +1,6 @@
 """N-D passes of Convolution, Deconvolution and Im2col (3 or more spatial axes).
 
-The classes in :mod:`protonet.layers.vision` read the geometry
+The classes in :mod:`protonet.layers.conv` read the geometry
 (``_conv_geometry``: one ``kernel``/``stride``/``pad``/``dilation`` value per
 spatial axis) and call these functions when the input has 3 or more spatial
 axes; 1-D and 2-D inputs keep their own (tiled, channels-last) code. As Caffe's
@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from .. import parallel
-from ..im2col_nd import col2im_nd, conv_out_shape, deconv_out_shape, im2col_nd
+from ..kernels.im2col_nd import col2im_nd, conv_out_shape, deconv_out_shape, im2col_nd
 
 
 def _scratch(layer, name: str, shape, dtype) -> np.ndarray:

@@ -88,7 +88,7 @@ def classify(args) -> list[dict]:
                      mean=mean, input_scale=args.input_scale, raw_scale=args.raw_scale,
                      channel_swap=_ints(args.channel_swap, "--channel-swap")
                      if args.channel_swap else None,
-                     allow_python_layers=args.allow_python_layers)
+                     allow_python_layers=args.allow_python_layers, fuse=args.fuse)
     scores = net.predict(images, oversample=not args.center_only)
     scores = scores.reshape(len(images), -1)
     labels = read_labels(args.labels, scores.shape[1]) if args.labels else None
@@ -126,7 +126,7 @@ def detect(args) -> list[dict]:
     names = read_label_names(args.labels) if args.labels else {}
     images = [load_image(path) for path in args.images]
     net = Net(args.deploy, TEST, weights=args.weights,
-              allow_python_layers=args.allow_python_layers)
+              allow_python_layers=args.allow_python_layers, fuse=args.fuse)
     kind = detection_kind(net)
     if args.output and len(images) > 1 and not os.path.isdir(args.output):
         raise ProtonetError(f"-o {args.output}: with several images, give a directory to "
@@ -171,6 +171,7 @@ def cmd_detect(args) -> int:
 
 def add_parsers(sub) -> None:
     """Add this module's subcommands to the ``protonet`` parser."""
+    from ..cli import add_fuse_arg
     p = sub.add_parser(
         "classify", help="classify images with a deploy net (Caffe's python/classify.py)",
         description="Print the top classes of each image, preprocessed as pycaffe's "
@@ -197,6 +198,7 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", help="also save all scores as .npy (N x classes)")
     p.add_argument("--allow-python-layers", action="store_true",
                    help="let `type: \"Python\"` layers import and run their modules")
+    add_fuse_arg(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
@@ -233,4 +235,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--allow-python-layers", action="store_true",
                    help="let `type: \"Python\"` layers import and run their modules "
                    "(py-faster-rcnn's proposal layer runs natively without it)")
+    add_fuse_arg(p)
     p.set_defaults(func=cmd_detect)

@@ -1,0 +1,207 @@
+"""Folding per-channel affine layers (and a ReLU) into the convolution or inner product
+before them.
+
+In the TEST phase a BatchNorm with global statistics, a Scale and a Bias are each
+``y = a * x + c`` per channel: a chain of them right after a Convolution or an
+InnerProduct is one such map of the head's output, which the head applies to each
+tile of its output while the tile is still in cache (or to the weights it copies
+anyway), instead of the chain's layers each making passes over the whole blob.
+
+It is invisible: every blob that exists after a forward pass holds what Caffe
+computes (a blob that a chain layer writes out of place still gets its own values),
+the coefficients are computed on every pass from the layers' own blobs (so a change
+made through ``net.params`` takes effect on the next forward), a pass that starts or
+ends inside a chain runs it layer by layer, and backward through a chain first
+replays it layer by layer on scratch blobs, so each layer holds the state its
+backward reads. ``Net(..., fuse=False)`` turns it off.
+
+A chain is found where (:func:`find_chains`):
+
+* the head is a Convolution (2-D or 1-D, channel axis 1, one bottom) or an
+  InnerProduct (axis 1), with one top;
+* the next layers, in file order with nothing in between, are BatchNorm layers with
+  ``use_global_stats``, Scale layers with a learned per-channel scale (one bottom,
+  axis 1, one axis) and Bias layers with a learned per-channel bias, each reading the
+  blob the previous one wrote (in place or not);
+* an in-place ReLU (no negative slope) may end the chain, with or without such layers;
+* none of them carries a loss weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .blob import Blob
+from .kernels.affine import Epilogue, batchnorm_coefficients, compose
+
+HEADS = ("Convolution", "InnerProduct")
+AFFINE = ("BatchNorm", "Scale", "Bias")
+
+
+class Chain:
+    """A head layer and the layers folded into it (net indices): per-channel affine
+    members, then perhaps an in-place ReLU."""
+
+    def __init__(self, net, head: int, members: list[int]):
+        self.net, self.head, self.members = net, head, members
+        self.last = members[-1]
+        #: whether the members' forward state is missing (the last pass ran the chain
+        #: fused): backward replays it first
+        self.stale = False
+        self._cached = None  # (the parameters' bytes, their coefficients)
+
+    @property
+    def indices(self) -> range:
+        return range(self.head, self.last + 1)
+
+    def epilogue(self) -> Epilogue:
+        """What the head writes: each blob of the chain that exists after the pass, in
+        order, as an affine map of the one before (the first of the head's bias-free
+        output; the head's top is among them only if no member writes it in place), and
+        the ReLU. Coefficients in the head's dtype, from the layers' blobs as they are now
+        (recomputed whenever one of those small blobs holds other bytes than last time)."""
+        net = self.net
+        sources = [b.data for i in self.members for b in net.layers[i].blobs]
+        head = net.layers[self.head]
+        if head.bias_term:
+            sources.append(head.blobs[1].data)
+        key = b"".join(a.tobytes() for a in sources)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = key, self._coefficients()
+        blobs, relu = self._outputs()
+        return Epilogue([(b.data, s, c) for b, (s, c) in zip(blobs, self._cached[1])], relu)
+
+    def _outputs(self) -> tuple[list[Blob], bool]:
+        """The blobs the chain leaves (see :meth:`epilogue`) and whether it ends in a ReLU."""
+        net = self.net
+        blob = net.top_vecs[self.head][0]
+        blobs = []
+        for i in self.members:
+            top = net.top_vecs[i][0]
+            if net.layers[i].type != "ReLU" and top is not blob:
+                blobs.append(blob)
+                blob = top
+        return blobs + [blob], net.layers[self.last].type == "ReLU"
+
+    def _coefficients(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(scale, shift)`` per blob of :meth:`_outputs`, in the head's dtype."""
+        net = self.net
+        head = net.layers[self.head]
+        dtype = head.blobs[0].data.dtype
+        channels = head.num_output
+        ones = np.ones(channels)
+        coef = (ones, head.blobs[1].data.astype(np.float64).reshape(-1) if head.bias_term
+                else np.zeros(channels))
+        blob = net.top_vecs[self.head][0]
+        result = []
+        for i in self.members:
+            layer, top = net.layers[i], net.top_vecs[i][0]
+            if layer.type == "ReLU":
+                continue
+            if top is not blob:  # the member writes a new blob: the one before is final
+                result.append(coef)
+                coef = (ones, np.zeros(channels))
+            coef = compose(coef, layer_coefficients(layer))
+            blob = top
+        result.append(coef)
+        return [(s.astype(dtype), c.astype(dtype)) for s, c in result]
+
+    def replay(self) -> None:
+        """Run the chain layer by layer on scratch copies of its blobs, so that each
+        member holds the state its backward reads (Scale's copy of its input in place,
+        BatchNorm's deviations); the net's blobs keep their values."""
+        net = self.net
+        scratch: dict[int, Blob] = {}
+
+        def copy(blob: Blob) -> Blob:
+            if id(blob) not in scratch:
+                scratch[id(blob)] = Blob(blob.shape, blob.dtype, name=blob.name)
+            return scratch[id(blob)]
+
+        head = net.layers[self.head]
+        head.forward(net.bottom_vecs[self.head], [copy(net.top_vecs[self.head][0])])
+        for i in self.members:
+            net.layers[i].forward([copy(net.bottom_vecs[i][0])], [copy(net.top_vecs[i][0])])
+        self.stale = False
+
+
+def layer_coefficients(layer) -> tuple[np.ndarray, np.ndarray]:
+    """A member's map as ``(scale, shift)`` (float64, ``(C,)``), from its blobs now."""
+    if layer.type == "BatchNorm":
+        return batchnorm_coefficients(layer.blobs[0].data, layer.blobs[1].data,
+                                      layer.blobs[2].data, layer.eps)
+    if layer.type == "Scale":
+        gamma = layer.blobs[0].data.astype(np.float64).reshape(-1)
+        beta = (layer.blobs[1].data.astype(np.float64).reshape(-1) if layer.bias_term
+                else np.zeros_like(gamma))
+        return gamma, beta
+    beta = layer.blobs[0].data.astype(np.float64).reshape(-1)  # Bias
+    return np.ones_like(beta), beta
+
+
+def find_chains(net) -> list[Chain]:
+    """The chains of ``net`` that can be folded (see the module docstring)."""
+    chains = []
+    n = len(net.layers)
+    i = 0
+    while i < n:
+        members = []
+        if _is_head(net, i):
+            blob, channels = net.top_vecs[i][0], net.layers[i].num_output
+            j = i + 1
+            while j < n and _is_member(net, j, blob, channels):
+                members.append(j)
+                blob = net.top_vecs[j][0]
+                j += 1
+            if j < n and _is_relu(net, j, blob):
+                members.append(j)
+        if members:
+            chains.append(Chain(net, i, members))
+            i = members[-1] + 1
+        else:
+            i += 1
+    return chains
+
+
+def _no_loss(layer) -> bool:
+    return not any(getattr(layer, "loss_weights", None) or [])
+
+
+def _is_head(net, i: int) -> bool:
+    layer = net.layers[i]
+    if type(layer).__name__ not in ("ConvolutionLayer", "InnerProductLayer"):
+        return False  # exactly these classes: not Deconvolution, not a Python layer
+    if len(net.bottom_vecs[i]) != 1 or len(net.top_vecs[i]) != 1 or not _no_loss(layer):
+        return False
+    if net.top_vecs[i][0] is net.bottom_vecs[i][0]:
+        return False
+    if layer.type == "Convolution":
+        return layer.axis == 1 and layer.num_spatial <= 2
+    return layer.axis == 1 and net.top_vecs[i][0].num_axes == 2  # InnerProduct
+
+
+def _is_relu(net, j: int, blob: Blob) -> bool:
+    """Whether layer ``j`` is a plain ReLU (slope 0) of ``blob``, in place."""
+    layer = net.layers[j]
+    return (type(layer).__name__ == "ReLULayer" and layer.slope == 0.0 and _no_loss(layer)
+            and len(net.bottom_vecs[j]) == 1 and net.bottom_vecs[j][0] is blob
+            and len(net.top_vecs[j]) == 1 and net.top_vecs[j][0] is blob)
+
+
+def _is_member(net, j: int, blob: Blob, channels: int) -> bool:
+    """Whether layer ``j`` is a per-channel affine map of ``blob`` (``channels`` wide)."""
+    layer = net.layers[j]
+    if layer.type not in AFFINE or not _no_loss(layer):
+        return False
+    if len(net.bottom_vecs[j]) != 1 or net.bottom_vecs[j][0] is not blob:
+        return False
+    if len(net.top_vecs[j]) != 1 or blob.num_axes < 2 or blob.shape[1] != channels:
+        return False
+    if layer.type == "BatchNorm":
+        return layer.use_global_stats and len(layer.blobs) == 3
+    if layer.type == "Scale":
+        p = layer.param.scale_param
+        return (len(layer.blobs) >= 1 and layer.blobs[0].count == channels
+                and p.axis in (1, 1 - blob.num_axes) and p.num_axes == 1)
+    p = layer.param.bias_param  # Bias
+    return (len(layer.blobs) == 1 and layer.blobs[0].count == channels
+            and p.axis in (1, 1 - blob.num_axes) and p.num_axes == 1)

@@ -1,0 +1,17 @@
+"""Array algorithms, apart from the layers that pick them.
+
+Each module holds pure functions on numpy arrays, with their shapes in the docstrings, and
+beside the fast ones a plain reference that reads like the textbook (the tests compare the
+two). A layer class reads as Caffe's semantics -- parameters, shapes, phases -- and calls
+a kernel; the kernels keep their scratch in a dict the layer owns (:mod:`.scratch`).
+
+* :mod:`.im2col`, :mod:`.im2col_nd` -- output sizes, im2col/col2im (2-D and N-D),
+  channels-last windows, phase planes;
+* :mod:`.conv` -- convolution forward: 1x1 as a plain GEMM, depthwise as per-tap
+  multiply-adds, Caffe's columns, channels-last tiles; :mod:`.conv_backward` -- its
+  gradients;
+* :mod:`.pool` -- MAX (with or without the choices), AVE and STOCHASTIC pooling and their
+  backward;
+* :mod:`.affine` -- per-channel affine maps (BatchNorm with global statistics, Scale,
+  Bias) and the epilogue a convolution or inner product writes through.
+"""

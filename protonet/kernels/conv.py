@@ -1,0 +1,281 @@
+"""2-D convolution, forward: ``x (N, C, H, W)`` and ``w (O, C/G, kh, kw)`` -> ``(N, O, Ho, Wo)``.
+
+The definition (:func:`conv2d_reference`)::
+
+    y[n, o, a, b] = bias[o] + sum over c in o's group, i, j of
+                    w[o, c, i, j] * x[n, c, a*sh - ph + i*dh, b*sw - pw + j*dw]
+
+(zero outside the image). The fast kernels each compute one *part* -- a slice ``s`` of
+the images and, where the batch cannot be split, a slice of the output channels or
+rows -- and write it through an :class:`~protonet.kernels.affine.Epilogue` (the bias,
+or a folded BatchNorm/Scale chain and ReLU) while the part's result is in cache:
+
+* :func:`conv_1x1`: a 1x1 kernel without padding is a plain GEMM per image,
+  ``(O, C) @ (C, Ho*Wo)`` straight from the image (a strided copy first for stride > 1);
+* :func:`depthwise`: ``group == C == O`` is one multiply-add per kernel tap over tiles of
+  (images, channels), not one small GEMM per channel;
+* :func:`im2col_gemm`: Caffe's columns ``(C*kh*kw, Ho*Wo)`` per image (any group),
+  ``(G, O/G, K) @ (G, K, P)``, output rows ``rows`` of one image at a time;
+* :func:`channels_last_tiles`: the image padded channels-last, whose windows are one
+  strided view; tiles of a few images are copied out ``(t*Ho*Wo, kh*kw*C)`` and
+  multiplied while in cache (group 1, many channels, large batches).
+
+Weights are read as the caller holds them on every call (nothing is cached across
+calls, so a change to the parameters shows on the next pass); a kernel that copies
+them anyway folds the epilogue's first scale into the copy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import parallel
+from .affine import Epilogue, finish_buffer, finish_views
+from .im2col import (pad_channels_last, phase_planes,  # noqa: F401 (for the layers)
+                     windows_channels_last)
+from .scratch import buffer
+
+
+# -- the definition -------------------------------------------------------------------------
+def conv2d_reference(x, w, bias=None, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group=1):
+    """The textbook convolution in float64, one kernel tap at a time (tests only)."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw))
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    y = np.zeros((N, O, Ho, Wo))
+    Og = O // group
+    for g in range(group):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * Cg:(g + 1) * Cg, i * dh:i * dh + (Ho - 1) * sh + 1:sh,
+                           j * dw:j * dw + (Wo - 1) * sw + 1:sw]  # (N, Cg, Ho, Wo)
+                y[:, g * Og:(g + 1) * Og] += np.einsum("ncab,oc->noab", patch,
+                                                       w[g * Og:(g + 1) * Og, :, i, j])
+    if bias is not None:
+        y += np.asarray(bias, np.float64)[:, None, None]
+    return y
+
+
+# -- 1x1 ------------------------------------------------------------------------------------
+def conv_1x1(x, w, ep: Epilogue, s: slice, oc: slice, stride, scratch: dict, key) -> None:
+    """Images ``s``, output channels ``oc`` of a 1x1 convolution without padding.
+
+    ``x (N, C, H, W)``, ``w (O, C)``; each output array of ``ep`` is ``(N, O, Ho*Wo)``:
+    ``r[n, oc] = w[oc] (o, C) @ x[n, :, ::sh, ::sw] (C, Ho*Wo)``, tile by tile of images.
+    """
+    N, C, H, W = x.shape
+    (sh, sw) = stride
+    Ho, Wo = (H - 1) // sh + 1, (W - 1) // sw + 1
+    P = Ho * Wo
+    wv = w[oc]
+    o = wv.shape[0]
+    n = s.stop - s.start
+    if ep.outputs[0][1] is not None and wv.size <= n * o * P:  # fold scale[0] into the weights
+        wv = np.multiply(wv, ep.outputs[0][1][oc, None],
+                         out=buffer(scratch, f"w1x1{key}", wv.shape, wv.dtype))
+        ep = ep.without_first_scale()
+    arrays = [a.reshape(N, -1, P) for a, _, _ in ep.outputs]
+    for t in parallel.tiles(s, o * P * x.itemsize):
+        m = t.stop - t.start
+        if (sh, sw) == (1, 1):
+            xt = x[t].reshape(m, C, P)
+        else:
+            xt = buffer(scratch, f"sub{key}", (m, C, Ho, Wo), x.dtype)
+            xt[...] = x[t, :, ::sh, ::sw]
+            xt = xt.reshape(m, C, P)
+        views = [a[t, oc] for a in arrays]
+        parallel.matmul(wv, xt, out=views[0])
+        finish_views(views, ep, axis=1, channels=oc)
+
+
+# -- depthwise ------------------------------------------------------------------------------
+#: bytes of one depthwise tile's output: it, the planes it reads and a scratch array stay in
+#: the core's cache through the kh*kw passes
+DEPTHWISE_TILE_BYTES = 1 << 20
+
+
+def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dilation,
+              scratch: dict, key) -> None:
+    """Images ``s``, channels ``cs`` of a depthwise convolution (``group == C == O``).
+
+    ``x (N, C, H, W)``, ``w (C, 1, kh, kw)``, each output ``(N, C, Ho*Wo)``:
+    ``r[n, c, a, b] = sum over taps (i, j) of w[c, i, j] * xpad[n, c, a*sh + i*dh, b*sw + j*dw]``.
+
+    For a tile of images and channels the padded input is copied into ``sh*sw`` phase
+    planes ``plane[p, q][u, v] = xpad[u*sh + p, v*sw + q]`` of width ``Wq``; tap ``(i, j)``
+    then reads plane ``((i*dh) % sh, (j*dw) % sw)`` at row and column offsets
+    ``((i*dh) // sh, (j*dw) // sw)``, and over the flattened planes that read is one
+    contiguous run of ``Ho*Wq`` values. So each tap is one multiply and one add over the
+    tile's whole ``(n, c, Ho*Wq)`` accumulator (its columns past ``Wo`` are discarded),
+    long runs at full vector speed; the epilogue's first scale goes into the taps.
+    """
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw_) = kernel, stride, pad, dilation
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dw_ * (kw - 1) + 1)) // sw + 1
+    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)  # a phase plane's extent
+    taps = w.reshape(C, kh * kw)[cs]
+    scale = ep.outputs[0][1]
+    if scale is not None:  # fold scale[0] into the taps
+        taps = taps * scale[cs, None]
+        ep = ep.without_first_scale()
+    taps = np.ascontiguousarray(taps.T)[:, :, None]  # (kh*kw, c, 1)
+    arrays = [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
+    c_all = cs.stop - cs.start
+    per_channel = (Ho * Wq + (Hq + 1) * Wq) * x.itemsize  # accumulator and planes
+    step = max(1, DEPTHWISE_TILE_BYTES // per_channel)
+    if step >= c_all:  # whole images per tile
+        tiles = [(t, slice(0, c_all)) for t in _tiles(s, step // c_all)]
+    else:  # one image, a block of channels per tile
+        tiles = [(slice(n, n + 1), slice(c, min(c + step, c_all)))
+                 for n in range(s.start, s.stop) for c in range(0, c_all, step)]
+    for t, cb in tiles:
+        m, c = t.stop - t.start, cb.stop - cb.start
+        chans = slice(cs.start + cb.start, cs.start + cb.stop)
+        # numpy's inner loops run along the last axis: put the longer one there
+        last = c > Ho * Wq
+        planes = phase_planes(x[t, chans], pad, stride, (Hq + 1, Wq), scratch, f"dw{key}",
+                              channels_last=last)
+        shape = (m, Ho * Wq, c) if last else (m, c, Ho * Wq)
+        acc = buffer(scratch, f"dwacc{key}", shape, x.dtype)
+        tmp = buffer(scratch, f"dwtmp{key}", shape, x.dtype)
+        for k in range(kh * kw):
+            i, j = divmod(k, kw)
+            (pi, oi), (pj, oj) = divmod(i * dh, sh)[::-1], divmod(j * dw_, sw)[::-1]
+            start = oi * Wq + oj
+            if last:
+                run, tap = planes[pi * sw + pj, :, start:start + Ho * Wq], taps[k, cb, 0]
+            else:
+                run, tap = planes[pi * sw + pj, :, :, start:start + Ho * Wq], taps[k, cb]
+            if k == 0:
+                np.multiply(run, tap, out=acc)
+            else:
+                np.multiply(run, tap, out=tmp)
+                acc += tmp
+        source = (acc.reshape(m, Ho, Wq, c)[:, :, :Wo].transpose(0, 3, 1, 2) if last
+                  else acc.reshape(m, c, Ho, Wq)[..., :Wo])
+        finish_views([a[t, chans] for a in arrays], ep, axis=1, channels=chans, source=source)
+
+
+def _tiles(s: slice, items: int) -> list[slice]:
+    items = max(1, items)
+    return [slice(a, min(a + items, s.stop)) for a in range(s.start, s.stop, items)]
+
+
+# -- im2col + GEMM --------------------------------------------------------------------------
+def im2col_gemm(x, w, ep: Epilogue, s: slice, rows: slice, group: int, kernel, stride, pad,
+                dilation, scratch: dict, key):
+    """Images ``s``, output rows ``rows`` of a convolution through Caffe's columns.
+
+    ``x (N, C, H, W)``, ``w (O, C/G, kh, kw)``, each output ``(N, O, Ho*Wo)``. The
+    columns ``col[c, i, j, n, a, b] = xpad[n, c, a*sh + i*dh, b*sw + j*dw]`` of the
+    images and rows (one copy of a strided view of a zero-bordered frame of the input
+    rows they read) go into the kept buffer ``col{key}`` ``(C, kh, kw, n, rows, Wo)``
+    (backward reuses them), returned; then, image by image,
+    ``r (G, O/G, rows*Wo) = w (G, O/G, C/G*kh*kw) @ col (G, C/G*kh*kw, rows*Wo)``.
+    (Tiles of rows, to keep the columns and the result in cache, were measured slower:
+    the GEMM of a whole image runs best on BLAS's threads.)
+    """
+    O = w.shape[0]
+    Wo = (x.shape[3] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
+    wg = w.reshape(group, O // group, -1)
+    n = s.stop - s.start
+    if ep.outputs[0][1] is not None and wg.size <= n * O * (rows.stop - rows.start) * Wo:
+        wg = np.multiply(wg, ep.outputs[0][1].reshape(group, -1, 1),  # fold scale[0] in
+                         out=buffer(scratch, f"wfold{key}", wg.shape, wg.dtype))
+        ep = ep.without_first_scale()
+    return _columns_tile(x, wg, ep, s, rows, kernel, stride, pad, dilation, scratch, key)
+
+
+def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pad, dilation,
+                  scratch: dict, key):
+    """:func:`im2col_gemm` with ``wg`` the grouped weights ``(G, O/G, K)``."""
+    N, C, H, W = x.shape
+    G, Og = wg.shape[:2]
+    O = G * Og
+    (kh, kw), (sh, sw), (ph, pw), (dh, dwl) = kernel, stride, pad, dilation
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dwl * (kw - 1) + 1)) // sw + 1
+    r0, r1 = rows.start, rows.stop
+    n, P = s.stop - s.start, (r1 - r0) * Wo
+    # the padded input rows [top, bottom) these output rows read
+    top, bottom = r0 * sh, (r1 - 1) * sh + dh * (kh - 1) + 1
+    if (ph, pw) != (0, 0):
+        frame = buffer(scratch, f"frame{key}", (n, C, bottom - top, W + 2 * pw), x.dtype)
+        lo, hi = max(top, ph), min(bottom, ph + H)  # frame rows holding image rows
+        frame[:, :, :max(0, lo - top)] = 0
+        frame[:, :, max(0, hi - top):] = 0
+        frame[..., :pw] = 0
+        frame[..., pw + W:] = 0
+        if hi > lo:
+            frame[:, :, lo - top:hi - top, pw:pw + W] = x[s, :, lo - ph:hi - ph]
+    else:
+        frame = x[s, :, top:bottom]
+    col = buffer(scratch, f"col{key}", (C, kh, kw, n, r1 - r0, Wo), x.dtype)
+    fn, fc, fh, fw = frame.strides
+    col[...] = np.lib.stride_tricks.as_strided(
+        frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
+    views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
+    # image by image, straight into the output: (n, G, O/G, P) = (G, O/G, K) @ (n, G, K, P)
+    parallel.matmul(wg, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
+                    out=views[0].reshape(n, G, Og, P))
+    finish_views(views, ep, axis=1)
+    return col
+
+
+# -- channels-last tiles --------------------------------------------------------------------
+def weight_rows(w, scale=None, out=None) -> np.ndarray:
+    """``w (O, C, kh, kw)`` as ``(O, kh*kw*C)``, each row in channels-last window order
+    (a copy; times ``scale[o]`` if given). Multiplied as ``cols @ weight_rows.T``."""
+    O, C, kh, kw = w.shape
+    out = np.empty((O, kh, kw, C), w.dtype) if out is None else out.reshape(O, kh, kw, C)
+    if scale is None:
+        out[...] = w.transpose(0, 2, 3, 1)
+    else:
+        np.multiply(w.transpose(0, 2, 3, 1), scale[:, None, None, None], out=out)
+    return out.reshape(O, -1)
+
+
+def channels_last_tiles(windows, w_rows, ep: Epilogue, s: slice, scratch: dict, key,
+                        x=None):
+    """``r (n, O, Ho*Wo) = windows (n, Ho, Wo, kh, kw, C) @ w_rows (O, K)^T``, tile by tile.
+
+    ``windows`` are those of images ``s``. Each tile's windows are copied into a column
+    buffer ``(t*P, K)``, multiplied into rows ``(t*P, O)``, finished by ``ep`` in place
+    and transposed into the outputs. Given ``x`` (shaped like the first output, images
+    ``s``), the same columns also give ``x`` rows^T ``(O, t*P)`` @ columns, summed over the
+    tiles and returned as ``(O, K)`` (backward-data's columns yield the weight gradient).
+    """
+    n, Ho, Wo = windows.shape[:3]
+    P, (O, K) = Ho * Wo, w_rows.shape
+    dtype = w_rows.dtype
+    arrays = [a.reshape(a.shape[0], O, -1) for a, _, _ in ep.outputs]
+    product = None if x is None else np.zeros((O, K), dtype)
+    for t in parallel.tiles(slice(0, n), P * K * np.dtype(dtype).itemsize):
+        m = t.stop - t.start
+        col = buffer(scratch, f"col{key}", (m,) + windows.shape[1:], dtype)
+        col[...] = windows[t]
+        col = col.reshape(m * P, K)
+        rows = buffer(scratch, f"out{key}", (m * P, O), dtype)
+        if x is not None:
+            rows.reshape(m, P, O)[...] = x[t].reshape(m, O, P).transpose(0, 2, 1)
+            product += parallel.matmul(rows.T, col)
+        parallel.matmul(col, w_rows.T, out=rows)
+        images = slice(s.start + t.start, s.start + t.stop)
+
+        def emit(k, buf, images=images, m=m):
+            arrays[k][images] = buf.reshape(m, P, O).transpose(0, 2, 1)
+        finish_buffer(rows, ep, axis=1, emit=emit)
+    return product
+
+
+def frame_channels_last(x, pad, scratch: dict, key: str) -> np.ndarray:
+    """``x (n, C, H, W)`` padded channels-last into the kept buffer ``key``:
+    ``(n, H+2*ph, W+2*pw, C)``."""
+    n, C, H, W = x.shape
+    frame = buffer(scratch, key, (n, H + 2 * pad[0], W + 2 * pad[1], C), x.dtype)
+    return pad_channels_last(x, pad, frame)

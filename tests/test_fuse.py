@@ -1,0 +1,211 @@
+"""Folding BatchNorm / Scale / Bias into the convolution or inner product before them
+(protonet.fuse) is invisible: every blob equals the unfused net's within 1e-5 of its
+scale, parameter changes take effect, backward gives the same gradients, and
+fuse=False runs the layers one by one as before."""
+import numpy as np
+import pytest
+
+import protonet
+from protonet.cli import main as cli_main
+from protonet.io import parse_net
+
+
+def conv(name, bottom, num, kernel=3, pad=1, group=1, bias=True, top=None):
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" '
+            f'top: "{top or name}" convolution_param {{ num_output: {num} '
+            f'kernel_size: {kernel} pad: {pad} group: {group} bias_term: {str(bias).lower()} '
+            'weight_filler { type: "gaussian" std: 0.2 } '
+            'bias_filler { type: "gaussian" std: 0.5 } } }\n')
+
+
+def bn(name, bottom, top=None):
+    return (f'layer {{ name: "{name}" type: "BatchNorm" bottom: "{bottom}" '
+            f'top: "{top or bottom}" }}\n')
+
+
+def scale(name, bottom, bias=True, top=None):
+    return (f'layer {{ name: "{name}" type: "Scale" bottom: "{bottom}" top: "{top or bottom}" '
+            f'scale_param {{ bias_term: {str(bias).lower()} '
+            'filler { type: "uniform" min: 0.5 max: 1.5 } '
+            'bias_filler { type: "gaussian" std: 0.5 } } }\n')
+
+
+def relu(name, blob):
+    return f'layer {{ name: "{name}" type: "ReLU" bottom: "{blob}" top: "{blob}" }}\n'
+
+
+#: every kind of chain: conv with and without bias, in place and not, 1x1, channels-last
+#: (16+ channels), depthwise, grouped, Scale without BN, Bias, InnerProduct
+NET = ('name: "fold" force_backward: true\n'
+       'layer { name: "data" type: "Input" top: "data" '
+       'input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }\n'
+       + conv("c1", "data", 16) + bn("bn1", "c1") + scale("s1", "c1") + relu("r1", "c1")
+       + conv("c2", "c1", 16, bias=False) + bn("bn2", "c2", top="c2n")
+       + scale("s2", "c2n") + relu("r2", "c2n")
+       + conv("c3", "c2n", 16, kernel=1, pad=0) + bn("bn3", "c3") + scale("s3", "c3", False)
+       + conv("c4", "c3", 16, group=16, bias=False) + bn("bn4", "c4") + scale("s4", "c4")
+       + conv("c5", "c4", 8, group=2) + scale("s5", "c5", top="c5s")
+       + 'layer { name: "b5" type: "Bias" bottom: "c5s" top: "c5s" }\n'
+       + 'layer { name: "ip" type: "InnerProduct" bottom: "c5s" top: "ip" '
+         'inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.1 } '
+         'bias_filler { type: "gaussian" std: 0.5 } } }\n'
+       + bn("bn6", "ip") + scale("s6", "ip"))
+
+
+def make(fuse=None, text=NET, seed=0):
+    net = protonet.Net(parse_net(text), protonet.TEST, seed=seed, fuse=fuse)
+    rng = np.random.default_rng(1)
+    for layer in net.layers:  # statistics that BatchNorm's fillers do not give
+        if layer.type == "BatchNorm":
+            c = layer.blobs[0].count
+            layer.blobs[0].data[...] = rng.normal(0, 1, c) * 3
+            layer.blobs[1].data[...] = rng.uniform(0.5, 2.0, c) * 3
+            layer.blobs[2].data[...] = 3
+    return net
+
+
+def inputs():
+    return {"data": np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float32)}
+
+
+def assert_blobs_close(a, b, what="data", rtol=1e-5):
+    assert list(a.blobs) == list(b.blobs)
+    for name in a.blobs:
+        x, y = getattr(a.blobs[name], what), getattr(b.blobs[name], what)
+        scale = max(float(np.abs(y).max()), 1e-30)
+        assert np.abs(x - y).max() <= rtol * scale, name
+
+
+def test_chains_found_and_every_blob_matches_the_unfused_net():
+    fused, plain = make(), make(fuse=False)
+    assert fused.fuse and not plain.fuse and plain._chains == []
+    chains = [(fused.layer_names[c.head], [fused.layer_names[m] for m in c.members])
+              for c in fused._chains]
+    assert chains == [("c1", ["bn1", "s1", "r1"]), ("c2", ["bn2", "s2", "r2"]), ("c3", ["bn3", "s3"]),
+                      ("c4", ["bn4", "s4"]), ("c5", ["s5", "b5"]), ("ip", ["bn6", "s6"])]
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    assert_blobs_close(fused, plain)
+    # blobs a member writes out of place keep their own values: c2 (before bn2), c5
+    conv2 = plain.layers[plain.layer_names.index("c2")]
+    assert np.abs(fused.blobs["c2"].data).max() > 0
+    assert conv2.bias_term is False
+
+
+def test_a_change_through_net_params_takes_effect_on_the_next_forward():
+    fused, plain = make(), make(fuse=False)
+    fused.forward(**inputs())
+    for net in (fused, plain):
+        net.params["bn1"][0].data[...] += 0.5        # BatchNorm's mean sum
+        net.params["bn1"][2].data[...] = 2.0         # and its scale factor
+        net.params["s4"][0].data[...] *= -1.5        # a Scale's factor
+        net.params["c3"][0].data[...] *= 0.5         # a convolution's weights
+        net.params["c3"][1].data[...] += 1.0         # and bias
+        net.params["bn6"][1].data[...] *= 2          # variance after the inner product
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    assert_blobs_close(fused, plain)
+    fused.params["bn2"][2].data[...] = 0  # factor 0: Caffe's statistics are 0
+    plain.params["bn2"][2].data[...] = 0
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    assert_blobs_close(fused, plain)
+
+
+def test_backward_through_folded_chains_gives_the_unfused_gradients():
+    fused, plain = make(), make(fuse=False)
+    top = np.random.default_rng(3).standard_normal((2, 10)).astype(np.float32)
+    for net in (fused, plain):
+        net.forward(**inputs())
+        net.clear_param_diffs()
+        net.backward(ip=top)
+    assert_blobs_close(fused, plain, "diff", rtol=1e-4)
+    for name in plain.params:
+        for a, b in zip(fused.params[name], plain.params[name]):
+            assert np.abs(a.diff - b.diff).max() <= 1e-4 * max(np.abs(b.diff).max(), 1e-30), name
+    assert np.abs(fused.params["s1"][0].diff).max() > 0  # the Scale's own gradient
+
+
+def test_a_pass_that_starts_or_ends_inside_a_chain_runs_it_layer_by_layer():
+    fused, plain = make(), make(fuse=False)
+    for net in (fused, plain):
+        net.blobs["data"].data[...] = inputs()["data"]
+        net.forward(end="c1")  # the raw convolution, as Caffe leaves it
+    np.testing.assert_array_equal(fused.blobs["c1"].data, plain.blobs["c1"].data)
+    for net in (fused, plain):
+        net.forward(start="bn1")
+    assert_blobs_close(fused, plain)
+
+
+def test_fuse_false_and_train_phase_run_layer_by_layer():
+    plain = make(fuse=False)
+    plain.forward(**inputs())
+    by_hand = make(fuse=False)
+    by_hand.blobs["data"].data[...] = inputs()["data"]
+    for layer, bottom, top in zip(by_hand.layers, by_hand.bottom_vecs, by_hand.top_vecs):
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+    for name in plain.blobs:
+        np.testing.assert_array_equal(plain.blobs[name].data, by_hand.blobs[name].data)
+    train = protonet.Net(parse_net(NET), protonet.TRAIN, seed=0)
+    assert not train.fuse and train._chains == []
+    # asked for in TRAIN, only the chains without batch statistics fold
+    train = protonet.Net(parse_net(NET), protonet.TRAIN, seed=0, fuse=True)
+    assert [train.layer_names[c.head] for c in train._chains] == ["c5"]
+
+
+def test_what_does_not_fold():
+    text = ('name: "n" layer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }\n'
+            + conv("c1", "data", 4) + relu("r1", "c1") + bn("bn1", "c1")  # not right after
+            + conv("c2", "c1", 4) + bn("bn2", "c2")
+            + 'layer { name: "bn2b" type: "BatchNorm" bottom: "c2" top: "c2" '
+              'batch_norm_param { use_global_stats: false } }\n'  # batch statistics
+            + conv("c4", "c2", 4) + 'layer { name: "r4" type: "ReLU" bottom: "c4" top: "c4" '
+              'relu_param { negative_slope: 0.1 } }\n'  # leaky
+            + conv("c5", "c4", 4) + 'layer { name: "r5" type: "ReLU" bottom: "c5" top: "r5" }\n'
+            + conv("c3", "r5", 4)  # a loss weight on the last layer (no Split takes it over)
+            + 'layer { name: "s3" type: "Scale" bottom: "c3" top: "c3" loss_weight: 1 }\n')
+    net = protonet.Net(parse_net(text), protonet.TEST, seed=0)
+    assert [(net.layer_names[c.head], [net.layer_names[m] for m in c.members])
+            for c in net._chains] == [("c1", ["r1"]), ("c2", ["bn2"])]
+
+
+def test_split_consumers_stop_a_chain():
+    # c1 feeds bn1 (out of place) and the eltwise: a Split sits between them
+    text = ('name: "n" layer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }\n'
+            + conv("c1", "data", 4) + bn("bn1", "c1", top="b1") + scale("s1", "b1")
+            + 'layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "b1" top: "sum" }\n')
+    fused = protonet.Net(parse_net(text), protonet.TEST, seed=0)
+    plain = protonet.Net(parse_net(text), protonet.TEST, seed=0, fuse=False)
+    assert fused._chains == []
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(fused.forward(data=x)["sum"], plain.forward(data=x)["sum"])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_resnet_style_block_with_bn_after_a_channels_last_conv(batch):
+    text = ('name: "n" layer { name: "data" type: "Input" top: "data" '
+            f'input_param {{ shape {{ dim: {batch} dim: 32 dim: 9 dim: 9 }} }} }}\n'
+            + conv("a", "data", 32, bias=False) + bn("bna", "a") + scale("sa", "a")
+            + relu("ra", "a") + conv("b", "a", 32, kernel=1, pad=0, bias=False)
+            + bn("bnb", "b") + scale("sb", "b")
+            + 'layer { name: "sum" type: "Eltwise" bottom: "data" bottom: "b" top: "sum" }\n')
+    fused = make(text=text)
+    plain = make(fuse=False, text=text)
+    x = np.random.default_rng(0).standard_normal((batch, 32, 9, 9)).astype(np.float32)
+    fused.forward(data=x)
+    plain.forward(data=x)
+    assert len(fused._chains) == 2
+    assert_blobs_close(fused, plain)
+
+
+def test_cli_no_fuse_flag(tmp_path, capsys):
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    assert cli_main(["time", str(path), "--phase", "TEST", "--iterations", "1"]) == 0
+    assert cli_main(["time", str(path), "--phase", "TEST", "--iterations", "1",
+                     "--no-fuse"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Average Forward pass") == 2
