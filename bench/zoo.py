@@ -31,29 +31,6 @@ def corpus_dir() -> str:
                                                              "corpus")
 
 
-def randomize_params(net, seed: int = 0) -> None:
-    """Random weights that keep activations of order one through a deep net: weights
-    ~ N(0, 1/fan_in), biases ~ N(0, 0.1), BatchNorm statistics with positive variances
-    (scale factor 1), Scale factors around 1 (deploy files give no fillers)."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    for layer in net.layers:
-        blobs = layer.blobs
-        if layer.type == "BatchNorm" and len(blobs) == 3:
-            blobs[0].data[...] = rng.normal(0, 0.1, blobs[0].shape)
-            blobs[1].data[...] = rng.uniform(0.5, 1.5, blobs[1].shape)
-            blobs[2].data[...] = 1
-            continue
-        for k, blob in enumerate(blobs):
-            shape = blob.shape
-            if layer.type == "Scale" and k == 0:
-                blob.data[...] = rng.uniform(0.5, 1.5, shape)
-            elif len(shape) <= 1:
-                blob.data[...] = rng.normal(0, 0.1, shape)
-            else:
-                blob.data[...] = rng.normal(0, 1 / np.sqrt(int(np.prod(shape[1:])) or 1), shape)
-
-
 def files(name: str, batch: int, folder: str) -> tuple[str, str]:
     """``(prototxt, caffemodel)`` paths of ``name`` at ``batch`` in ``folder``."""
     return (os.path.join(folder, f"{name}_b{batch}.prototxt"),
@@ -78,6 +55,7 @@ def prepare(name: str, batches, folder: str) -> None:
     """Write ``name``'s prototxt for each batch and its random-weight caffemodel."""
     import protonet
     from protonet.io import write_text_file
+    from protonet.testing import randomize_params
     for batch in batches:
         write_text_file(net_param(name, batch), files(name, batch, folder)[0])
     net = protonet.Net(net_param(name, 1), protonet.TEST, seed=0)

@@ -138,3 +138,25 @@ def check_gradients(layer, bottom_arrays, *, num_top: int | None = None,
         raise AssertionError(
             f"gradient check failed for layer '{layer.name}' ({layer.type}), "
             f"{len(failures)} element(s):\n  {shown}")
+
+
+def randomize_params(net, seed: int = 0) -> None:
+    """Random weights that keep activations of order one through a deep net, for deploy
+    files that give no fillers: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1), BatchNorm
+    statistics with positive variances (scale factor 1), Scale factors around 1."""
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        blobs = layer.blobs
+        if layer.type == "BatchNorm" and len(blobs) == 3:
+            blobs[0].data[...] = rng.normal(0, 0.1, blobs[0].shape)
+            blobs[1].data[...] = rng.uniform(0.5, 1.5, blobs[1].shape)
+            blobs[2].data[...] = 1
+            continue
+        for k, blob in enumerate(blobs):
+            shape = blob.shape
+            if layer.type == "Scale" and k == 0:
+                blob.data[...] = rng.uniform(0.5, 1.5, shape)
+            elif len(shape) <= 1:
+                blob.data[...] = rng.normal(0, 0.1, shape)
+            else:
+                blob.data[...] = rng.normal(0, 1 / np.sqrt(int(np.prod(shape[1:])) or 1), shape)
