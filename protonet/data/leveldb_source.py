@@ -23,6 +23,7 @@ import os
 import threading
 
 from ..errors import ProtonetError
+from .lmdb_source import DatumRecords
 
 #: Caffe's LevelDB::Open options (db_leveldb.cpp)
 CAFFE_OPTIONS = {"block_size": 65536, "write_buffer_size": 268435456, "max_open_files": 100}
@@ -108,7 +109,7 @@ def _release(key: str) -> None:
             entry[0].close()
 
 
-class LevelDBDatumDB:
+class LevelDBDatumDB(DatumRecords):
     """A LevelDB database of Datum records read in key order, wrapping at the end.
 
     The same interface as the LMDB reader (``key``, ``seek``, ``skip``, ``peek``,
@@ -202,17 +203,6 @@ class LevelDBDatumDB:
                 self._advance()
             return values
         return self._guard(take)
-
-    def peek_datum(self):
-        """The next record, parsed (without moving on)."""
-        from .lmdb_source import parse_datum
-        return parse_datum(self.peek(), f"{self.what}: record {self.key!r} of '{self.path}'")
-
-    def record_shape(self, mode: str = "native") -> tuple[int, int, int]:
-        """(C, H, W) of the next record."""
-        from .lmdb_source import datum_to_array
-        return tuple(datum_to_array(self.peek_datum(), mode,
-                                    f"{self.what}: record {self.key!r}").shape)
 
 
 # -- writing -----------------------------------------------------------------------------------

@@ -185,7 +185,21 @@ def _madvise():
     return fn
 
 
-class DatumDB:
+class DatumRecords:
+    """The parsed view of a reader's next record; a reader supplies ``peek()`` (the raw
+    bytes), ``what``, ``key`` and ``path`` (LMDB's :class:`DatumDB`, the LevelDB reader)."""
+
+    def peek_datum(self):
+        """The next record, parsed (without moving on)."""
+        return parse_datum(self.peek(), f"{self.what}: record {self.key!r} of '{self.path}'")
+
+    def record_shape(self, mode: str = "native") -> tuple[int, int, int]:
+        """(C, H, W) of the next record."""
+        return tuple(datum_to_array(self.peek_datum(), mode,
+                                    f"{self.what}: record {self.key!r}").shape)
+
+
+class DatumDB(DatumRecords):
     """An LMDB database of Datum records read in key order, wrapping at the end.
 
     Readers of one path share its environment, each with its own transaction and
@@ -254,14 +268,6 @@ class DatumDB:
             drop_mapped_pages(self.path)
         return values
 
-    def peek_datum(self):
-        """The next record, parsed (without moving on)."""
-        return parse_datum(self.peek(), f"{self.what}: record {self.key!r} of '{self.path}'")
-
-    def record_shape(self, mode: str = "native") -> tuple[int, int, int]:
-        """(C, H, W) of the next record."""
-        return tuple(datum_to_array(self.peek_datum(), mode,
-                                    f"{self.what}: record {self.key!r}").shape)
 
 
 # -- writing -----------------------------------------------------------------------------------
