@@ -11,6 +11,13 @@ numpy calls, though, so a part should make few large calls rather than many
 small ones (im2col is one strided copy for that reason), and :func:`matmul`
 covers the small products for which numpy's matmul keeps the GIL.
 
+A net pass holds BLAS at one thread (:func:`blas_held`). After a pass that split its
+work, BLAS is left *parked* at one thread rather than given its threads back: raising
+OpenBLAS's count wakes its workers, which then spin for about 0.1 s (its default
+``OPENBLAS_THREAD_TIMEOUT``) on the cores the next pass's parts need -- measured to
+cost batch-8 forwards 25-35%. The next pass that does not split, or
+:func:`restore_blas_threads`, gives BLAS its count back.
+
 The thread count is ``PROTONET_NUM_THREADS`` if set, else the first of
 ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` that is
 set (so one knob limits BLAS and protonet together), else the CPUs this
@@ -62,6 +69,9 @@ def set_num_threads(n: int | None) -> None:
                 worker.stop()
             _workers = None
         _threads = None if n is None else max(1, int(n))
+        if _parked[0] is not None and _held[0] == 0:  # a parked BLAS gets its count back
+            _blas()[1](_parked[0])
+            _parked[0] = None
 
 
 class _Worker:
@@ -162,7 +172,17 @@ def tiles(s: slice, item_bytes: int) -> list[slice]:
     return [slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)]
 
 
-def split(n: int, items: int) -> list[slice]:
+class Parts(list):
+    """The parts :func:`split` cut a batch into; ``small`` when the work was kept whole for
+    being too little to split (not for being a single image): BLAS's threads would not
+    pay for it either, so :func:`run` leaves BLAS as it is."""
+
+    def __init__(self, parts=(), small: bool = False):
+        super().__init__(parts)
+        self.small = small
+
+
+def split(n: int, items: int) -> Parts:
     """How to cut a batch of ``n`` whose work touches ``items`` elements.
 
     One slice per thread when splitting pays (several threads, a BLAS whose
@@ -172,8 +192,8 @@ def split(n: int, items: int) -> list[slice]:
     threads = num_threads()
     parts = min(threads, items // max(1, MIN_ITEMS))  # each part gets MIN_ITEMS of work
     if parts < 2 or n < 2 or getattr(_local, "inside", False) or _blas() is None:
-        return [slice(0, n)]
-    return chunks(n, parts)
+        return Parts([slice(0, n)], small=n >= 2 and threads >= 2 and parts < 2)
+    return Parts(chunks(n, parts))
 
 
 def run(fn, parts: list[slice]) -> None:
@@ -184,9 +204,13 @@ def run(fn, parts: list[slice]) -> None:
     fight BLAS's own threads for the cores. Exceptions reach the caller.
     """
     if len(parts) == 1:
+        if getattr(parts, "small", False):  # too little work for any thread to take
+            fn(0, parts[0])
+            return
         with blas_released():  # work that could not be split (batch 1): BLAS's threads do it
             fn(0, parts[0])
         return
+    _split_seen[0] = True
     get_threads, set_threads = _blas()
     before = get_threads()
     if before != 1:
@@ -256,7 +280,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return out
 
 
-_held = [0, None]  # nesting depth of blas_held(), BLAS thread count to restore
+_held = [0, None]  # nesting depth of blas_held(), BLAS thread count to give back
+_parked = [None]   # BLAS's own thread count while a split pass left it at one thread
+_split_seen = [False]  # run() split work during the current held pass
 
 
 @contextlib.contextmanager
@@ -265,7 +291,9 @@ def blas_held():
 
     Between the layers' split parts, BLAS's own idle workers would spin on the
     cores the next layer's parts need; with BLAS at one thread throughout,
-    every core runs protonet's parts. A no-op when layers do not split.
+    every core runs protonet's parts. A no-op when layers do not split. On
+    leaving, BLAS gets its threads back only if no work was split: else it
+    stays parked at one thread (see the module's docstring).
     """
     blas = _blas() if num_threads() > 1 else None
     if blas is None:
@@ -273,8 +301,11 @@ def blas_held():
         return
     with _lock:
         if _held[0] == 0:
-            _held[1] = blas[0]()
-            if _held[1] != 1:
+            current = blas[0]()
+            _held[1] = current if _parked[0] is None else _parked[0]
+            _parked[0] = None
+            _split_seen[0] = False
+            if current != 1:
                 blas[1](1)
         _held[0] += 1
     try:
@@ -283,13 +314,27 @@ def blas_held():
         with _lock:
             _held[0] -= 1
             if _held[0] == 0 and _held[1] != 1:
-                blas[1](_held[1])
+                if _split_seen[0]:
+                    _parked[0] = _held[1]
+                else:
+                    blas[1](_held[1])
+
+
+def restore_blas_threads() -> None:
+    """Give BLAS back the thread count a split net pass left parked at one thread (for
+    user code that runs its own large GEMMs between passes). A no-op otherwise."""
+    with _lock:
+        if _parked[0] is not None and _held[0] == 0:
+            _blas()[1](_parked[0])
+            _parked[0] = None
 
 
 def blas_for(layer) -> contextlib.AbstractContextManager:
-    """The BLAS setting ``layer`` runs under in a net pass: as held if it splits its own
-    work, else :func:`blas_released`."""
-    return contextlib.nullcontext() if layer.splits_work else blas_released()
+    """The BLAS setting ``layer`` runs under in a net pass: :func:`blas_released` for a
+    layer that leaves its GEMMs to BLAS (``runs_gemms``), else as held (a layer that
+    splits its work gives BLAS its threads back itself when it cannot split)."""
+    return blas_released() if layer.runs_gemms and not layer.splits_work else \
+        contextlib.nullcontext()
 
 
 @contextlib.contextmanager

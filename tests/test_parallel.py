@@ -256,27 +256,34 @@ def test_unsplit_work_gets_blas_threads_back_inside_a_net_pass(threads):
 
 
 @needs_blas_control
-def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
-    """Convolution splits its batch (BLAS at one thread inside); TanH, which does not, runs
-    with BLAS's threads given back, as a Python layer's own GEMMs would."""
+def test_net_pass_gives_blas_threads_only_to_layers_that_run_gemms(threads, monkeypatch):
+    """Convolution splits its batch (BLAS at one thread inside); TanH runs no GEMMs and
+    stays at one thread; a layer that leaves GEMMs to BLAS (``runs_gemms``, as
+    Deconvolution, RNN/LSTM and Python layers do) gets BLAS's threads back."""
     from protonet.io import parse_net
-    from protonet.layers.neuron import TanHLayer
+    from protonet.layers.neuron import SigmoidLayer, TanHLayer
     from protonet.net import Net
     threads(2)
     get_blas, set_blas = parallel._blas()
     seen = {}
-    tanh_forward = TanHLayer.forward
 
-    def spy(self, bottom, top):
-        seen["tanh"] = get_blas()
-        tanh_forward(self, bottom, top)
-    monkeypatch.setattr(TanHLayer, "forward", spy)
+    def spy(cls, name):
+        forward = cls.forward
+
+        def wrapped(self, bottom, top):
+            seen[name] = get_blas()
+            forward(self, bottom, top)
+        monkeypatch.setattr(cls, "forward", wrapped)
+    spy(TanHLayer, "tanh")
+    spy(SigmoidLayer, "sigmoid")
+    monkeypatch.setattr(SigmoidLayer, "runs_gemms", True)
     net = Net(parse_net("""
         layer { name: "x" type: "DummyData" top: "x"
           dummy_data_param { shape { dim: 4 dim: 2 dim: 5 dim: 5 } } }
         layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
           convolution_param { num_output: 3 kernel_size: 3 } }
-        layer { name: "tanh" type: "TanH" bottom: "c" top: "c" }"""), 1)
+        layer { name: "tanh" type: "TanH" bottom: "c" top: "c" }
+        layer { name: "sigmoid" type: "Sigmoid" bottom: "c" top: "s" }"""), 1)
     conv = net.layer_dict["conv"]
     conv_forward = conv.forward
 
@@ -287,10 +294,60 @@ def test_net_pass_holds_blas_for_splitting_layers_only(threads, monkeypatch):
     set_blas(2)
     try:
         net.forward_from_to()
-        assert seen == {"conv": 1, "tanh": 2}
+        assert seen == {"conv": 1, "tanh": 1, "sigmoid": 2}
+        assert get_blas() == 1  # the convolution was split: BLAS stays parked
+    finally:
+        set_blas(2)
+
+
+@needs_blas_control
+def test_a_pass_that_split_leaves_blas_parked_until_a_pass_that_does_not(threads):
+    """Raising BLAS's thread count wakes its spinning workers, so after a pass whose work
+    was split BLAS stays at one thread; the next unsplit pass, restore_blas_threads() and
+    set_num_threads() give the count back."""
+    threads(2)
+    get_blas, set_blas = parallel._blas()
+    set_blas(2)
+    two = parallel.chunks(2, 2)
+    seen = []
+    try:
+        with parallel.blas_held():
+            parallel.run(lambda k, s: None, two)
+        assert get_blas() == 1
+        with parallel.blas_held():  # the parked count is what a released layer gets
+            parallel.run(lambda k, s: seen.append(get_blas()), [slice(0, 1)])
+        assert seen == [2] and get_blas() == 2
+        with parallel.blas_held():
+            parallel.run(lambda k, s: None, two)
+        parallel.restore_blas_threads()
+        assert get_blas() == 2
+        with parallel.blas_held():
+            parallel.run(lambda k, s: None, two)
+        threads(2)
         assert get_blas() == 2
     finally:
         set_blas(2)
+
+
+
+@needs_blas_control
+def test_work_too_small_to_split_leaves_blas_alone(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 1000)
+    get_blas, set_blas = parallel._blas()
+    small = parallel.split(8, 10)  # a batch, but too little work for two parts
+    assert len(small) == 1 and small.small
+    single = parallel.split(1, 10_000)  # one image: BLAS's threads do it
+    assert len(single) == 1 and not single.small
+    set_blas(2)
+    got = []
+    try:
+        with parallel.blas_held():
+            parallel.run(lambda k, s: got.append(get_blas()), small)
+            parallel.run(lambda k, s: got.append(get_blas()), single)
+    finally:
+        set_blas(2)
+    assert got == [1, 2]
 
 
 def test_each_part_gets_enough_work(threads):

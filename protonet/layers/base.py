@@ -108,9 +108,12 @@ class Layer:
     #: True for layers whose scratch buffers (``self._buf``) a same-named layer of another
     #: net may use between their passes (see :meth:`protonet.net.Net.share_scratch_with`)
     shares_scratch = False
-    #: True for layers that split their own work over threads (:mod:`protonet.parallel`);
-    #: a net pass gives BLAS its threads back around every other layer
+    #: True for layers that split their own work over threads (:mod:`protonet.parallel`)
     splits_work = False
+    #: True for layers that leave large GEMMs to BLAS without splitting their work: a net
+    #: pass gives BLAS its threads back around them (only: raising BLAS's thread count
+    #: wakes its workers, which then spin on the cores for a while)
+    runs_gemms = False
 
     def __init__(self, param, phase: int = TEST, dtype=np.float32, rng=None):
         self.param = param

@@ -194,8 +194,9 @@ class ConvolutionLayer(Layer):
         parts' many numpy calls wait on each other for the GIL)."""
         width = self._inner_extent()
         P = self.out_hw[0] * self.out_hw[1]
-        return [(s, slice(0, width)) for s in parallel.split(
-            self.num, self.num * self.channels * self.kernel[0] * self.kernel[1] * P)]
+        batch = parallel.split(
+            self.num, self.num * self.channels * self.kernel[0] * self.kernel[1] * P)
+        return parallel.Parts([(s, slice(0, width)) for s in batch], batch.small)
 
     def _inner_extent(self) -> int:
         return self.num_output if self.strategy in ("1x1", "depthwise") else self.out_hw[0]
@@ -349,6 +350,7 @@ class DeconvolutionLayer(ConvolutionLayer):
     """
 
     splits_work = False  # its GEMMs run whole, on BLAS's threads
+    runs_gemms = True
 
     def _weight_shape(self, kernel) -> tuple[int, ...]:
         return (self.channels, self.num_output // self.group) + tuple(kernel)

@@ -201,6 +201,8 @@ class PythonLayer(Layer):
     ``net.layers[i].my_method()`` reaches it as in pycaffe.
     """
 
+    runs_gemms = True  # the user's code may: it gets BLAS's threads
+
     def __init__(self, param, **kwargs):
         super().__init__(param, **kwargs)
         p = param.python_param

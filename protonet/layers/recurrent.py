@@ -124,6 +124,8 @@ class LSTMUnitLayer(Layer):
 class RecurrentLayer(Layer):
     """What RNN and LSTM share: bottoms, tops, input transforms, the carried state."""
 
+    runs_gemms = True  # the input transforms and the recurrence, on BLAS's threads
+
     #: names of the recurrent state blobs, as Caffe's unrolled net calls them
     state_names: tuple[str, ...] = ()
     gates = 1  # rows of the input transforms per hidden unit (LSTM: 4)
