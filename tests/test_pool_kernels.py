@@ -26,7 +26,7 @@ def pool_layer(params, phase=TEST, method="MAX"):
 @pytest.mark.parametrize("params, shape", GEOMETRIES)
 def test_max_values_match_caffes_loops(params, shape, tile_bytes, monkeypatch):
     if tile_bytes:
-        monkeypatch.setattr(kpool, "MAX_TILE_BYTES", tile_bytes)
+        monkeypatch.setattr(kpool, "TILE_BYTES", tile_bytes)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     x[0, 0, 0, 0] = np.nan  # skipped, as Caffe's '>' skips it
     layer = pool_layer(params)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .im2col import phase_planes
 from .scratch import buffer
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -64,6 +63,36 @@ def geometry(in_hw, kernel, pad, stride, out) -> Geometry:
         area=np.outer(np.minimum(hs + kh, H + ph) - hs, np.minimum(ws + kw, W + pw) - ws))
 
 
+#: bytes of input in one tile of :func:`tiles`: it, its frame and the kernels' scratch stay
+#: in the core's cache through the passes over it
+TILE_BYTES = 1 << 21
+
+
+def tiles(s: slice, C: int, geo: Geometry, itemsize: int) -> list[tuple[slice, slice]]:
+    """``(images, channels)`` tiles of images ``s`` with about :data:`TILE_BYTES` of
+    framed input each: several whole images, or blocks of one image's channels."""
+    per_channel = geo.frame[0] * geo.frame[1] * itemsize
+    step = max(1, TILE_BYTES // per_channel)
+    if step >= C:
+        m = step // C
+        return [(slice(a, min(a + m, s.stop)), slice(0, C)) for a in range(s.start, s.stop, m)]
+    return [(slice(a, a + 1), slice(c, min(c + step, C)))
+            for a in range(s.start, s.stop) for c in range(0, C, step)]
+
+
+def frame_tile(x, geo: Geometry, fill: float, scratch: dict, key: str, largest) -> np.ndarray:
+    """A tile ``x (m, c, H, W)`` inside a frame whose border holds ``fill`` (``x`` itself
+    when no frame is needed); the frame buffer is kept for tiles up to ``largest``
+    ``(m, c)``, its border written once."""
+    if not geo.framed or geo.single:
+        return x
+    m, c = x.shape[:2]
+    frame = buffer(scratch, key, tuple(largest) + geo.frame, x.dtype, fill)[:m, :c]
+    (H, W), (ph, pw) = geo.in_hw, geo.pad
+    frame[:, :, ph:ph + H, pw:pw + W] = x
+    return frame
+
+
 def frame_images(x, geo: Geometry, fill: float, scratch: dict, key: str, capacity: int):
     """``x (n, C, H, W)`` inside a frame whose border holds ``fill`` (``x`` itself when no
     frame is needed). The frame buffer, room for ``capacity`` images, keeps its border."""
@@ -78,93 +107,82 @@ def frame_images(x, geo: Geometry, fill: float, scratch: dict, key: str, capacit
 
 
 # -- forward --------------------------------------------------------------------------------
-def max_pool(xp, y, geo: Geometry, index=None, scratch=None, key="") -> None:
-    """MAX over the windows of the framed images ``xp`` into ``y``, and the tap each
-    window chose into ``index`` (``(n, C, Ho, Wo)`` int8/int32) if given.
+def max_separable(xp, y, geo: Geometry, scratch: dict, key) -> None:
+    """MAX values of the framed images ``xp`` into ``y``, rows then columns.
 
-    The first tap against -inf (``fmax`` turns a NaN into -inf, which any later value
-    beats, as Caffe's ``>`` skips NaN); then, branch-free, the running maximum and, for
-    the index, ``index = max(index, k * (tap k > running max))``: as taps come in order,
-    the last tap that beat the running maximum is the largest k that did.
+    A window's maximum is the maximum over its ``kh`` rows of each row's maximum over
+    ``kw`` columns: ``h[n, c, r, b] = max_j xp[n, c, r, b*sw + j]`` for the rows the
+    windows read, then ``y[n, c, a, b] = max_i h[n, c, a*sh + i, b]`` --
+    ``(kw-1)`` passes over ``rows x Wo`` and ``(kh-1)`` over ``Ho x Wo`` instead of
+    ``kh*kw`` over ``Ho x Wo``. ``fmax`` skips NaN, as Caffe's ``>`` does; a window of NaN
+    only is left NaN (:func:`fix_empty` makes it -FLT_MAX).
     """
-    if geo.single:
-        cells = xp.reshape(xp.shape[0], xp.shape[1], -1)
-        best = cells.argmax(axis=2)[:, :, None]  # the first maximum, as Caffe's '>'
-        y[...] = np.take_along_axis(cells, best, 2)[..., None]
-        if index is not None:
-            i, j = np.divmod(best[..., None], geo.in_hw[1])
-            index[...] = i * geo.window[1] + j
-    else:
-        np.fmax(xp[geo.taps[0]], -np.inf, out=y)
-        if index is None:
-            for tap in geo.taps[1:]:
-                np.fmax(y, xp[tap], out=y)
-        else:
-            v = buffer(scratch, f"tap{key}", y.shape, y.dtype)
-            better = buffer(scratch, f"mask{key}", y.shape, bool)
-            step = buffer(scratch, f"step{key}", y.shape, index.dtype)
-            index[...] = 0
-            wide = index.dtype != np.int8
-            for k, tap in enumerate(geo.taps[1:], 1):
-                np.copyto(v, xp[tap])  # one strided read, then contiguous work
-                np.greater(v, y, out=better)
-                np.fmax(y, v, out=y)
-                if wide:
-                    np.multiply(better, k, out=step)
-                else:
-                    np.multiply(better.view(np.int8), np.int8(k), out=step)
-                np.maximum(index, step, out=index)
-    # windows without a value > -inf (y never holds NaN): Caffe leaves -FLT_MAX, index -1
-    if y.size and y.min() == -np.inf:
-        empty = y == -np.inf
+    (kh, kw), (sh, sw), (Ho, Wo) = geo.window, geo.stride, geo.out_hw
+    rows = (Ho - 1) * sh + kh
+    cols = [xp[..., :rows, j:j + (Wo - 1) * sw + 1:sw] for j in range(kw)]
+    h = cols[0] if kw == 1 else buffer(scratch, f"hmax{key}", cols[0].shape, xp.dtype)
+    if kw > 1:
+        np.fmax(cols[0], cols[1], out=h)
+        for c in cols[2:]:
+            np.fmax(h, c, out=h)
+    taps = [h[..., i:i + (Ho - 1) * sh + 1:sh, :] for i in range(kh)]
+    if kh == 1:
+        np.copyto(y, taps[0])
+        return
+    np.fmax(taps[0], taps[1], out=y)
+    for t in taps[2:]:
+        np.fmax(y, t, out=y)
+
+
+def fix_empty(y, index=None) -> None:
+    """Windows with no value above -inf (NaN or -inf only): Caffe leaves -FLT_MAX, and
+    index -1."""
+    if y.size and not y.min() > -np.inf:  # min is NaN if any is
+        empty = ~(y > -np.inf)
         y[empty] = -FLT_MAX
         if index is not None:
             index[empty] = -1
 
 
-#: bytes of one tile of :func:`max_pool_values`: its phase planes and accumulator stay in
-#: the core's cache through the kh*kw passes
-MAX_TILE_BYTES = 1 << 20
-
-
-def max_pool_values(x, y, geo: Geometry, scratch: dict, key) -> None:
-    """MAX values only (no choices) of the images ``x (n, C, H, W)`` into ``y``.
-
-    Per tile of images and channels the image is padded with -inf and split into phase
-    planes (:func:`~protonet.kernels.im2col.phase_planes`), in which each tap's cells for
-    all output rows are one contiguous run: ``acc = fmax over taps of run`` is one long
-    vector operation per tap (the accumulator has the planes' width ``Wq``; columns past
-    ``Wo`` are dropped). ``fmax`` starting from -inf skips NaN, as Caffe's ``>`` does.
-    """
-    n, C = x.shape[:2]
-    (kh, kw), (sh, sw), (Ho, Wo) = geo.window, geo.stride, geo.out_hw
-    Hq, Wq = -(-geo.frame[0] // sh), -(-geo.frame[1] // sw)
-    per_channel = (Ho * Wq + sh * sw * (Hq + 1) * Wq) * x.itemsize
-    step = max(1, MAX_TILE_BYTES // per_channel)
-    if step >= C:
-        tiles = [(slice(a, min(a + step // C, n)), slice(0, C))
-                 for a in range(0, n, max(1, step // C))]
+def max_pool(xp, y, geo: Geometry, index=None, scratch=None, key="") -> None:
+    """MAX over the windows of the framed images ``xp`` into ``y``: values only
+    (:func:`max_separable`), or also the tap each window chose into ``index``
+    (``(n, C, Ho, Wo)`` int8/int32, :func:`running_max_index`)."""
+    scratch = {} if scratch is None else scratch
+    if geo.single:
+        cells = xp.reshape(xp.shape[0], xp.shape[1], -1)
+        y[..., 0, 0] = np.fmax.reduce(cells, axis=2)  # NaN skipped
+        if index is not None:  # the first cell holding it, as Caffe's '>'
+            best = (cells == y.reshape(y.shape[0], y.shape[1], 1)).argmax(axis=2)
+            i, j = np.divmod(best, geo.in_hw[1])
+            index[..., 0, 0] = i * geo.window[1] + j
+    elif index is None:
+        max_separable(xp, y, geo, scratch, key)
     else:
-        tiles = [(slice(a, a + 1), slice(c, min(c + step, C)))
-                 for a in range(n) for c in range(0, C, step)]
-    for t, cb in tiles:
-        m, c = t.stop - t.start, cb.stop - cb.start
-        last = c > Ho * Wq  # numpy's inner loops run along the last axis: the longer one
-        planes = phase_planes(x[t, cb], geo.pad, geo.stride, (Hq + 1, Wq), scratch,
-                              f"maxplanes{key}", channels_last=last, fill=-np.inf)
-        acc = buffer(scratch, f"maxacc{key}", (m, Ho * Wq, c) if last else (m, c, Ho * Wq),
-                     x.dtype)
-        for k in range(kh * kw):
-            (pi, oi), (pj, oj) = divmod(k // kw, sh)[::-1], divmod(k % kw, sw)[::-1]
-            start = oi * Wq + oj
-            plane = planes[pi * sw + pj]
-            run = plane[:, start:start + Ho * Wq] if last else plane[:, :, start:start + Ho * Wq]
-            np.fmax(run, -np.inf, out=acc) if k == 0 else np.fmax(acc, run, out=acc)
-        y[t, cb] = (acc.reshape(m, Ho, Wq, c)[:, :, :Wo].transpose(0, 3, 1, 2) if last
-                    else acc.reshape(m, c, Ho, Wq)[..., :Wo])
-    # windows without a value > -inf: Caffe leaves -FLT_MAX
-    if y.size and y.min() == -np.inf:
-        y[y == -np.inf] = -FLT_MAX
+        running_max_index(xp, y, index, geo, scratch, key)
+    fix_empty(y, index)
+
+
+def running_max_index(xp, y, index, geo: Geometry, scratch: dict, key) -> None:
+    """MAX values and choices, tap by tap: the first tap against -inf (``fmax`` turns a NaN
+    into -inf, which any later value beats, as Caffe's ``>`` skips NaN); then, branch-free,
+    the running maximum and ``index = max(index, k * (tap k > running max))``: as taps
+    come in order, the last tap that beat the running maximum is the largest k that did."""
+    np.fmax(xp[geo.taps[0]], -np.inf, out=y)
+    v = buffer(scratch, f"tap{key}", y.shape, y.dtype)
+    better = buffer(scratch, f"mask{key}", y.shape, bool)
+    step = buffer(scratch, f"step{key}", y.shape, index.dtype)
+    index[...] = 0
+    wide = index.dtype != np.int8
+    for k, tap in enumerate(geo.taps[1:], 1):
+        np.copyto(v, xp[tap])  # one strided read, then contiguous work
+        np.greater(v, y, out=better)
+        np.fmax(y, v, out=y)
+        if wide:
+            np.multiply(better, k, out=step)
+        else:
+            np.multiply(better.view(np.int8), np.int8(k), out=step)
+        np.maximum(index, step, out=index)
 
 
 def ave_pool(xp, y, geo: Geometry) -> None:

@@ -164,12 +164,14 @@ class PoolingLayer(Layer):
             index = self._index
 
             def work(k, s):
-                if index is None and not self.geo.single:  # values only: tiles of planes
-                    kpool.max_pool_values(x[s], y[s], self.geo, self._buf, k)
-                    return
-                for u in self._tiles(s):
-                    kpool.max_pool(self._framed(x, -np.inf, u, k), y[u], self.geo,
-                                   None if index is None else index[u], self._buf, k)
+                parts = kpool.tiles(s, x.shape[1], self.geo, x.itemsize)
+                largest = (parts[0][0].stop - parts[0][0].start,
+                           parts[0][1].stop - parts[0][1].start)
+                for u, c in parts:
+                    xp = kpool.frame_tile(x[u, c], self.geo, -np.inf, self._buf,
+                                          f"maxframe{k}", largest)
+                    kpool.max_pool(xp, y[u, c], self.geo,
+                                   None if index is None else index[u, c], self._buf, k)
         else:
 
             def work(k, s):
