@@ -196,6 +196,9 @@ LAYERS = [
     ("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", (4, 3, 6, 7)),  # disjoint
     ("ReLU", "", (5, 3, 4, 4)),
     ("ReLU", "relu_param { negative_slope: 0.1 }", (5, 3, 4, 4)),
+    ("LRN", "lrn_param { local_size: 5 alpha: 0.1 beta: 0.75 }", (5, 7, 4, 4)),
+    ("LRN", "lrn_param { local_size: 3 alpha: 0.1 beta: 0.6 norm_region: WITHIN_CHANNEL }",
+     (4, 3, 5, 6)),
 ]
 
 

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import parallel
+from ..kernels.scratch import buffer
 from .base import TEST, Layer, register
 from .neuron import reuse_buffer
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
 
 
-def window_sum(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    """Sum of ``a`` over a centred, zero-padded window of odd length ``n`` along ``axis``.
+def window_sum(a: np.ndarray, n: int, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Sum of ``a`` over a centred, zero-padded window of odd length ``n`` along ``axis``
+    (into ``out`` if given, which must not be ``a``).
 
     Adds n shifted slices (one vectorised add per window offset): measured 3x faster
     than a cumulative sum along a middle axis, and free of its cancellation error.
     """
-    out = a.copy()
+    if out is None:
+        out = a.copy()
+    else:
+        np.copyto(out, a)
     lead = (slice(None),) * axis
     for d in range(1, (n - 1) // 2 + 1):
         out[lead + (slice(d, None),)] += a[lead + (slice(None, -d),)]
@@ -53,9 +59,11 @@ class LRNLayer(Layer):
 
     exact_num_bottom = 1
     exact_num_top = 1
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         p = self.param.lrn_param
+        self._scratch = {}
         self.size = int(p.local_size)
         if self.size % 2 != 1:
             raise self.error(f"lrn_param.local_size must be odd, got {self.size}")
@@ -71,25 +79,36 @@ class LRNLayer(Layer):
             raise self.error("does not allow in-place computation")
         top[0].reshape(bottom[0].shape)
 
-    def _window_sum(self, a: np.ndarray) -> np.ndarray:
+    def _window_sum(self, a: np.ndarray, out=None, scratch=None) -> np.ndarray:
         if self.region == ACROSS_CHANNELS:
-            return window_sum(a, self.size, 1)
-        return window_sum(window_sum(a, self.size, 2), self.size, 3)
+            return window_sum(a, self.size, 1, out)
+        return window_sum(window_sum(a, self.size, 2, scratch), self.size, 3, out)
 
     def forward(self, bottom, top):
-        x = bottom[0].data
-        scale = self._window_sum(x * x)
-        if self.region == ACROSS_CHANNELS:
-            scale *= self.alpha / self.size
-            scale += self.k
-        else:
-            scale /= float(self.size * self.size)  # the AVE pooling divisor
-            scale *= self.alpha
-            scale += 1.0
-        self.scale = scale
-        y = top[0].data
-        negative_power(scale, self.beta, y)
-        y *= x
+        """Images are independent: parts of the batch on threads, each in cache-sized
+        tiles of images (:mod:`protonet.parallel`)."""
+        x, y = bottom[0].data, top[0].data
+        self.scale = scale = reuse_buffer(getattr(self, "scale", None), x)
+        image_bytes = 3 * x[:1].nbytes
+
+        def work(k, s):
+            for u in parallel.tiles(s, image_bytes):
+                xs, sc = x[u], scale[u]
+                squares = buffer(self._scratch, f"sq{k}", xs.shape, xs.dtype)
+                np.multiply(xs, xs, out=squares)
+                inner = (None if self.region == ACROSS_CHANNELS else
+                         buffer(self._scratch, f"rows{k}", xs.shape, xs.dtype))
+                self._window_sum(squares, sc, inner)
+                if self.region == ACROSS_CHANNELS:
+                    sc *= self.alpha / self.size
+                    sc += self.k
+                else:
+                    sc /= float(self.size * self.size)  # the AVE pooling divisor
+                    sc *= self.alpha
+                    sc += 1.0
+                negative_power(sc, self.beta, y[u])
+                y[u] *= xs
+        parallel.run(work, parallel.split(x.shape[0], x.size * self.size))
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
