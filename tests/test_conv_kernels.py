@@ -96,7 +96,26 @@ def test_epilogue_written_in_cache_matches_step_by_step(params, shape, strategy,
     assert (second_out >= 0).all() and (first_out < 0).any()  # the ReLU on the last only
 
 
-def test_depthwise_takes_any_tile(monkeypatch):
+DEPTHWISE_CASES = [case[:2] for case in CASES if case[2] == "depthwise"]
+
+
+@pytest.fixture(params=["planes", "channels_last"])
+def depthwise_path(request, monkeypatch):
+    """Each depthwise path, whatever the channel count: phase planes, or channels-last."""
+    from protonet.kernels import conv as kconv
+    monkeypatch.setattr(kconv, "DEPTHWISE_CHANNELS_LAST_MIN",
+                        (10**9, 10**9) if request.param == "planes" else (1, 1))
+    return request.param
+
+
+@pytest.mark.parametrize("params, shape", DEPTHWISE_CASES)
+def test_both_depthwise_paths_match_the_definition(params, shape, depthwise_path,
+                                                   cut_everything):
+    test_forward_and_backward_match_the_definitions(params, shape, "depthwise", None)
+    test_epilogue_written_in_cache_matches_step_by_step(params, shape, "depthwise", None)
+
+
+def test_depthwise_takes_any_tile(monkeypatch, depthwise_path):
     from protonet.kernels import conv as kconv
     monkeypatch.setattr(kconv, "DEPTHWISE_TILE_BYTES", 64)  # one image, a few channels a tile
     layer = conv_layer("num_output: 7 kernel_size: 3 pad: 1 group: 7")
@@ -108,7 +127,7 @@ def test_depthwise_takes_any_tile(monkeypatch):
         rtol=1e-4, atol=1e-4)
 
 
-def test_kernels_write_only_the_channels_asked_for():
+def test_kernels_write_only_the_channels_asked_for(depthwise_path):
     from protonet.kernels import conv as kconv
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 6, 7, 5)).astype(np.float32)
