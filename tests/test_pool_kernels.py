@@ -65,3 +65,19 @@ def test_ave_matches_caffes_loops(params, shape):
     layer.forward(bottom, top)
     want = kpool.pool2d_reference(x, "AVE", layer.window, layer.stride, layer.pad)
     np.testing.assert_allclose(top[0].data, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("s, channels, channel_bytes, tile_bytes", [
+    (slice(0, 5), 4, 10, 100),    # two images a tile
+    (slice(2, 7), 4, 10, 40),     # one image a tile
+    (slice(1, 3), 10, 10, 30),    # blocks of three channels of one image
+    (slice(0, 1), 7, 100, 1),     # one channel a tile
+])
+def test_image_channel_tiles_cover_the_work_once(s, channels, channel_bytes, tile_bytes):
+    from protonet.kernels.scratch import image_channel_tiles
+    seen = np.zeros((s.stop, channels), int)
+    for images, chans in image_channel_tiles(s, channels, channel_bytes, tile_bytes):
+        seen[images, chans] += 1
+        size = (images.stop - images.start) * (chans.stop - chans.start) * channel_bytes
+        assert size <= max(tile_bytes, channel_bytes)
+    assert (seen[s.start:] == 1).all() and (seen[:s.start] == 0).all()

@@ -33,7 +33,7 @@ from .. import parallel
 from .affine import Epilogue, finish_buffer, finish_views
 from .im2col import (pad_channels_last, phase_planes,  # noqa: F401 (for the layers)
                      windows_channels_last)
-from .scratch import buffer
+from .scratch import buffer, image_channel_tiles
 
 
 # -- the definition -------------------------------------------------------------------------
@@ -131,13 +131,7 @@ def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dila
     arrays = [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
     c_all = cs.stop - cs.start
     per_channel = (Ho * Wq + (Hq + 1) * Wq) * x.itemsize  # accumulator and planes
-    step = max(1, DEPTHWISE_TILE_BYTES // per_channel)
-    if step >= c_all:  # whole images per tile
-        tiles = [(t, slice(0, c_all)) for t in _tiles(s, step // c_all)]
-    else:  # one image, a block of channels per tile
-        tiles = [(slice(n, n + 1), slice(c, min(c + step, c_all)))
-                 for n in range(s.start, s.stop) for c in range(0, c_all, step)]
-    for t, cb in tiles:
+    for t, cb in image_channel_tiles(s, c_all, per_channel, DEPTHWISE_TILE_BYTES):
         m, c = t.stop - t.start, cb.stop - cb.start
         chans = slice(cs.start + cb.start, cs.start + cb.stop)
         # numpy's inner loops run along the last axis: put the longer one there
@@ -195,13 +189,7 @@ def depthwise_channels_last(x, w, ep: Epilogue, s: slice, cs: slice, kernel, str
     arrays = [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
     c_all = cs.stop - cs.start
     per_channel = ((H + 2 * ph) * (W + 2 * pw) + Ho * Wo) * x.itemsize  # frame and result
-    step = max(1, DEPTHWISE_TILE_BYTES // per_channel)
-    if step >= c_all:  # whole images per tile
-        tiles = [(t, slice(0, c_all)) for t in _tiles(s, step // c_all)]
-    else:  # one image, a block of channels per tile
-        tiles = [(slice(n, n + 1), slice(c, min(c + step, c_all)))
-                 for n in range(s.start, s.stop) for c in range(0, c_all, step)]
-    for t, cb in tiles:
+    for t, cb in image_channel_tiles(s, c_all, per_channel, DEPTHWISE_TILE_BYTES):
         m, c = t.stop - t.start, cb.stop - cb.start
         chans = slice(cs.start + cb.start, cs.start + cb.stop)
         frame = buffer(scratch, f"dwframe{key}", (m, H + 2 * ph, W + 2 * pw, c), x.dtype)
@@ -213,11 +201,6 @@ def depthwise_channels_last(x, w, ep: Epilogue, s: slice, cs: slice, kernel, str
         def emit(k, buf, t=t, chans=chans):
             arrays[k][t, chans] = buf.transpose(0, 3, 1, 2)
         finish_buffer(acc, ep, axis=3, emit=emit, channels=chans)
-
-
-def _tiles(s: slice, items: int) -> list[slice]:
-    items = max(1, items)
-    return [slice(a, min(a + items, s.stop)) for a in range(s.start, s.stop, items)]
 
 
 # -- im2col + GEMM --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scratch import buffer
+from .scratch import buffer, image_channel_tiles
 
 FLT_MAX = float(np.finfo(np.float32).max)
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -71,13 +71,7 @@ TILE_BYTES = 1 << 21
 def tiles(s: slice, C: int, geo: Geometry, itemsize: int) -> list[tuple[slice, slice]]:
     """``(images, channels)`` tiles of images ``s`` with about :data:`TILE_BYTES` of
     framed input each: several whole images, or blocks of one image's channels."""
-    per_channel = geo.frame[0] * geo.frame[1] * itemsize
-    step = max(1, TILE_BYTES // per_channel)
-    if step >= C:
-        m = step // C
-        return [(slice(a, min(a + m, s.stop)), slice(0, C)) for a in range(s.start, s.stop, m)]
-    return [(slice(a, a + 1), slice(c, min(c + step, C)))
-            for a in range(s.start, s.stop) for c in range(0, C, step)]
+    return image_channel_tiles(s, C, geo.frame[0] * geo.frame[1] * itemsize, TILE_BYTES)
 
 
 def frame_tile(x, geo: Geometry, fill: float, scratch: dict, key: str, largest) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Scratch arrays that kernels keep across passes (a layer owns one dict of them)."""
+"""Scratch arrays that kernels keep across passes (a layer owns one dict of them), and the
+cache-sized tiles kernels cut their work into."""
 from __future__ import annotations
 
 import math
@@ -29,3 +30,17 @@ def buffer(cache: dict, name: str, shape, dtype, fill=None, copy_of=None) -> np.
     if copy_of is not None:
         buf[...] = copy_of
     return buf
+
+
+def image_channel_tiles(s: slice, channels: int, channel_bytes: int,
+                        tile_bytes: int) -> list[tuple[slice, slice]]:
+    """``(images, channels)`` tiles covering images ``s`` x channels ``0..channels-1``,
+    each of about ``tile_bytes`` at ``channel_bytes`` per channel of one image: several
+    whole images when one image fits, else blocks of one image's channels."""
+    step = max(1, tile_bytes // max(1, channel_bytes))
+    if step >= channels:
+        m = step // channels
+        return [(slice(a, min(a + m, s.stop)), slice(0, channels))
+                for a in range(s.start, s.stop, m)]
+    return [(slice(a, a + 1), slice(c, min(c + step, channels)))
+            for a in range(s.start, s.stop) for c in range(0, channels, step)]
