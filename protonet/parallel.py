@@ -69,9 +69,7 @@ def set_num_threads(n: int | None) -> None:
                 worker.stop()
             _workers = None
         _threads = None if n is None else max(1, int(n))
-        if _parked[0] is not None and _held[0] == 0:  # a parked BLAS gets its count back
-            _blas()[1](_parked[0])
-            _parked[0] = None
+        _unpark()
 
 
 class _Worker:
@@ -324,9 +322,14 @@ def restore_blas_threads() -> None:
     """Give BLAS back the thread count a split net pass left parked at one thread (for
     user code that runs its own large GEMMs between passes). A no-op otherwise."""
     with _lock:
-        if _parked[0] is not None and _held[0] == 0:
-            _blas()[1](_parked[0])
-            _parked[0] = None
+        _unpark()
+
+
+def _unpark() -> None:
+    """(Under ``_lock``) give a parked BLAS its count back, outside any held pass."""
+    if _parked[0] is not None and _held[0] == 0:
+        _blas()[1](_parked[0])
+        _parked[0] = None
 
 
 def blas_for(layer) -> contextlib.AbstractContextManager:

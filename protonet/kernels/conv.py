@@ -31,8 +31,8 @@ import numpy as np
 
 from .. import parallel
 from .affine import Epilogue, finish_buffer, finish_views
-from .im2col import (pad_channels_last, phase_planes,  # noqa: F401 (for the layers)
-                     windows_channels_last)
+from .im2col import (conv_out_size, pad_channels_last,  # noqa: F401 (for the layers)
+                     phase_planes, windows_channels_last)
 from .scratch import buffer, image_channel_tiles
 
 
@@ -117,18 +117,11 @@ def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dila
     if cs.stop - cs.start >= DEPTHWISE_CHANNELS_LAST_MIN[tuple(stride) != (1, 1)]:
         return depthwise_channels_last(x, w, ep, s, cs, kernel, stride, pad, dilation,
                                        scratch, key)
-    N, C, H, W = x.shape
+    H, W = x.shape[2:]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw_) = kernel, stride, pad, dilation
-    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    Wo = (W + 2 * pw - (dw_ * (kw - 1) + 1)) // sw + 1
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)  # a phase plane's extent
-    taps = w.reshape(C, kh * kw)[cs]
-    scale = ep.outputs[0][1]
-    if scale is not None:  # fold scale[0] into the taps
-        taps = taps * scale[cs, None]
-        ep = ep.without_first_scale()
+    (Ho, Wo), taps, ep, arrays = _depthwise_setup(x, w, ep, cs, kernel, stride, pad, dilation)
     taps = np.ascontiguousarray(taps.T)[:, :, None]  # (kh*kw, c, 1)
-    arrays = [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
     c_all = cs.stop - cs.start
     per_channel = (Ho * Wq + (Hq + 1) * Wq) * x.itemsize  # accumulator and planes
     for t, cb in image_channel_tiles(s, c_all, per_channel, DEPTHWISE_TILE_BYTES):
@@ -159,6 +152,20 @@ def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dila
         finish_views([a[t, chans] for a in arrays], ep, axis=1, channels=chans, source=source)
 
 
+def _depthwise_setup(x, w, ep: Epilogue, cs: slice, kernel, stride, pad, dilation):
+    """What both depthwise paths start from: ``(Ho, Wo)``, the taps of channels ``cs`` as
+    ``(c, kh*kw)`` with the epilogue's first scale folded in, the epilogue left to apply,
+    and its outputs seen as ``(N, C, Ho, Wo)``."""
+    N, C = x.shape[:2]
+    Ho, Wo = (conv_out_size(*a) for a in zip(x.shape[2:], kernel, pad, stride, dilation))
+    taps = w.reshape(C, -1)[cs]
+    scale = ep.outputs[0][1]
+    if scale is not None:
+        taps = taps * scale[cs, None]
+        ep = ep.without_first_scale()
+    return (Ho, Wo), taps, ep, [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
+
+
 #: channels (stride 1, stride > 1) from which :func:`depthwise` takes
 #: :func:`depthwise_channels_last`: measured faster from there (per output value, about
 #: 3-5 ns instead of 6-7 at 192+ channels; slower for few channels on large images)
@@ -176,17 +183,10 @@ def depthwise_channels_last(x, w, ep: Epilogue, s: slice, cs: slice, kernel, str
     ``einsum``, whose inner loop runs along the contiguous channels; the epilogue works
     on ``r`` channels-last and each output takes it transposed.
     """
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw_) = kernel, stride, pad, dilation
-    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    Wo = (W + 2 * pw - (dw_ * (kw - 1) + 1)) // sw + 1
-    taps = w.reshape(C, kh, kw)[cs]
-    scale = ep.outputs[0][1]
-    if scale is not None:  # fold scale[0] into the taps
-        taps = taps * scale[cs, None, None]
-        ep = ep.without_first_scale()
-    taps = np.ascontiguousarray(taps.transpose(1, 2, 0))  # (kh, kw, c)
-    arrays = [a.reshape(N, C, Ho, Wo) for a, _, _ in ep.outputs]
+    H, W = x.shape[2:]
+    (kh, kw), (ph, pw) = kernel, pad
+    (Ho, Wo), taps, ep, arrays = _depthwise_setup(x, w, ep, cs, kernel, stride, pad, dilation)
+    taps = np.ascontiguousarray(taps.T).reshape(kh, kw, -1)  # (kh, kw, c)
     c_all = cs.stop - cs.start
     per_channel = ((H + 2 * ph) * (W + 2 * pw) + Ho * Wo) * x.itemsize  # frame and result
     for t, cb in image_channel_tiles(s, c_all, per_channel, DEPTHWISE_TILE_BYTES):

@@ -90,14 +90,7 @@ def frame_tile(x, geo: Geometry, fill: float, scratch: dict, key: str, largest) 
 def frame_images(x, geo: Geometry, fill: float, scratch: dict, key: str, capacity: int):
     """``x (n, C, H, W)`` inside a frame whose border holds ``fill`` (``x`` itself when no
     frame is needed). The frame buffer, room for ``capacity`` images, keeps its border."""
-    if not geo.framed or geo.single:
-        return x
-    n = x.shape[0]
-    frame = buffer(scratch, key, (max(n, capacity), x.shape[1]) + geo.frame, x.dtype,
-                   fill)[:n]
-    (H, W), (ph, pw) = geo.in_hw, geo.pad
-    frame[:, :, ph:ph + H, pw:pw + W] = x
-    return frame
+    return frame_tile(x, geo, fill, scratch, key, (max(x.shape[0], capacity), x.shape[1]))
 
 
 # -- forward --------------------------------------------------------------------------------

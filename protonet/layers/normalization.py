@@ -63,7 +63,7 @@ class LRNLayer(Layer):
 
     def layer_setup(self, bottom, top):
         p = self.param.lrn_param
-        self._scratch = {}
+        self._buf = {}
         self.size = int(p.local_size)
         if self.size % 2 != 1:
             raise self.error(f"lrn_param.local_size must be odd, got {self.size}")
@@ -94,10 +94,10 @@ class LRNLayer(Layer):
         def work(k, s):
             for u in parallel.tiles(s, image_bytes):
                 xs, sc = x[u], scale[u]
-                squares = buffer(self._scratch, f"sq{k}", xs.shape, xs.dtype)
+                squares = buffer(self._buf, f"sq{k}", xs.shape, xs.dtype)
                 np.multiply(xs, xs, out=squares)
                 inner = (None if self.region == ACROSS_CHANNELS else
-                         buffer(self._scratch, f"rows{k}", xs.shape, xs.dtype))
+                         buffer(self._buf, f"rows{k}", xs.shape, xs.dtype))
                 self._window_sum(squares, sc, inner)
                 if self.region == ACROSS_CHANNELS:
                     sc *= self.alpha / self.size
