@@ -20,10 +20,9 @@ one handle, each with its own iterator.
 from __future__ import annotations
 
 import os
-import threading
 
 from ..errors import ProtonetError
-from .lmdb_source import DatumRecords
+from .lmdb_source import DatumRecords, SharedHandles
 
 #: Caffe's LevelDB::Open options (db_leveldb.cpp)
 CAFFE_OPTIONS = {"block_size": 65536, "write_buffer_size": 268435456, "max_open_files": 100}
@@ -84,29 +83,7 @@ def open_leveldb(path: str, what: str, *, create: bool = False):
 
 
 # -- reading -----------------------------------------------------------------------------------
-_OPEN: dict = {}  # realpath -> [plyvel.DB, number of readers]; LevelDB opens a path once
-_OPEN_LOCK = threading.Lock()
-
-
-def _acquire(path: str, what: str):
-    key = os.path.realpath(path)
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is None:
-            entry = _OPEN[key] = [open_leveldb(path, what), 0]
-        entry[1] += 1
-        return key, entry[0]
-
-
-def _release(key: str) -> None:
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _OPEN[key]
-            entry[0].close()
+_DBS = SharedHandles(open_leveldb)  # LevelDB opens a path once per process
 
 
 class LevelDBDatumDB(DatumRecords):
@@ -120,13 +97,13 @@ class LevelDBDatumDB(DatumRecords):
         self.path = path
         self.what = what or path
         self._entries = None
-        self._key, self.db = _acquire(path, self.what)
+        self._key, self.db = _DBS.acquire(path, self.what)
         try:
             self._it = self.db.iterator()
             self._current = self._guard(self._first)
         except BaseException:
             self.db = None
-            _release(self._key)
+            _DBS.release(self._key)
             raise
         if self._current is None:
             self.close()
@@ -138,7 +115,7 @@ class LevelDBDatumDB(DatumRecords):
                 self._it.close()
             finally:
                 self.db = None
-                _release(self._key)
+                _DBS.release(self._key)
 
     def _guard(self, fn, *args):
         """Run a LevelDB read, turning its errors into ProtonetErrors that name the database."""

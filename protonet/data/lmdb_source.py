@@ -110,36 +110,49 @@ def decode_batch(values: list, mode: str = "native", what: str = "record"):
 
 
 # -- reading -----------------------------------------------------------------------------------
-_OPEN: dict = {}  # realpath -> [environment, number of readers]; py-lmdb opens a path once
-_OPEN_LOCK = threading.Lock()
+class SharedHandles:
+    """Database handles shared by every reader of one path (LMDB and LevelDB both open a
+    path at most once per process), counted, and closed when the last reader releases
+    its own."""
+
+    def __init__(self, open_handle):
+        self._open = open_handle  # (path, what) -> handle with .close()
+        self._entries: dict = {}  # realpath -> [handle, number of readers]
+        self._lock = threading.Lock()
+
+    def acquire(self, path: str, what: str):
+        """``(key, handle)`` for ``path``, opened by the first reader."""
+        key = os.path.realpath(path)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = [self._open(path, what), 0]
+            entry[1] += 1
+            return key, entry[0]
+
+    def release(self, key: str) -> None:
+        """One reader fewer for ``key``; the last one closes the handle."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._entries[key]
+                entry[0].close()
 
 
-def _acquire_env(path: str, what: str):
+def _open_env(path: str, what: str):
     lmdb = _lmdb()
-    key = os.path.realpath(path)
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is None:
-            try:
-                # lock=False: no reader table, so transactions may move between threads
-                env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                subdir=os.path.isdir(path), max_dbs=0)
-            except lmdb.Error as e:
-                raise ProtonetError(f"{what}: cannot open LMDB '{path}': {e}") from None
-            entry = _OPEN[key] = [env, 0]
-        entry[1] += 1
-        return key, entry[0]
+    try:
+        # lock=False: no reader table, so transactions may move between threads
+        return lmdb.open(path, readonly=True, lock=False, readahead=False,
+                         subdir=os.path.isdir(path), max_dbs=0)
+    except lmdb.Error as e:
+        raise ProtonetError(f"{what}: cannot open LMDB '{path}': {e}") from None
 
 
-def _release_env(key: str) -> None:
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _OPEN[key]
-            entry[0].close()
+_ENVS = SharedHandles(_open_env)  # py-lmdb opens a path once per process
 
 
 DROP_PAGES_EVERY = 4 << 20  # bytes a reader reads between two drop_mapped_pages calls
@@ -210,13 +223,13 @@ class DatumDB(DatumRecords):
         self.path = path
         self.what = what or path
         self._read_bytes = 0
-        self._key, self.env = _acquire_env(path, self.what)
+        self._key, self.env = _ENVS.acquire(path, self.what)
         try:
             self.entries = int(self.env.stat()["entries"])
             self.txn = self.env.begin(buffers=False)
             self.cursor = self.txn.cursor()
         except BaseException:
-            _release_env(self._key)
+            _ENVS.release(self._key)
             self.env = None
             raise
         if not self.cursor.first():
@@ -229,7 +242,7 @@ class DatumDB(DatumRecords):
                 self.txn.abort()
             finally:
                 self.env = None
-                _release_env(self._key)
+                _ENVS.release(self._key)
 
     # position -----------------------------------------------------------------------------
     @property
