@@ -131,17 +131,16 @@ def detect(args) -> list[dict]:
     if args.output and len(images) > 1 and not os.path.isdir(args.output):
         raise ProtonetError(f"-o {args.output}: with several images, give a directory to "
                             "draw them into")
+    mean = _floats(args.mean_values, "--mean-values") if args.mean_values else None
+    swap = (_ints(args.channel_swap, "--channel-swap")
+            if args.channel_swap and kind == "ssd" else None)
     results = []
     for path, image in zip(args.images, images):
         if kind == "ssd":
-            mean = _floats(args.mean_values, "--mean-values") if args.mean_values else None
             found = detect_ssd(net, image, args.threshold, mean=mean, raw_scale=args.raw_scale,
-                               input_scale=args.input_scale or 1.0,
-                               channel_swap=_ints(args.channel_swap, "--channel-swap")
-                               if args.channel_swap else None)
+                               input_scale=args.input_scale or 1.0, channel_swap=swap)
         else:
-            kwargs = {"mean": _floats(args.mean_values, "--mean-values")} \
-                if args.mean_values else {}
+            kwargs = {} if mean is None else {"mean": mean}
             found = detect_rcnn(net, image, args.threshold, nms_threshold=args.nms,
                                 short_side=args.short_side, max_side=args.max_side, **kwargs)
         for d in found:
