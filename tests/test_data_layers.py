@@ -55,10 +55,12 @@ def net_of(tmp_path, layers: str, phase="TRAIN", seed=0, name="net.prototxt"):
 
 def data_layer(source, batch=7, transform="scale: 0.00390625", extra="", tops=("data", "label"),
                backend="LMDB"):
+    """A Data layer; ``backend=None`` leaves it to Caffe's default (LEVELDB)."""
     top_lines = "".join(f'  top: "{t}"\n' for t in tops)
+    backend = f"backend: {backend} " if backend else ""
     return (f'layer {{\n  name: "d"\n  type: "Data"\n{top_lines}'
             f'  transform_param {{ {transform} }}\n'
-            f'  data_param {{ source: "{source}" batch_size: {batch} backend: {backend} '
+            f'  data_param {{ source: "{source}" batch_size: {batch} {backend}'
             f'{extra} }}\n}}\n')
 
 

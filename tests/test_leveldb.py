@@ -16,10 +16,11 @@ import pytest
 
 from protonet import ProtonetError
 from protonet.cli import main
-from protonet.net import Net
 from protonet.proto import caffe_pb2
 
-from conftest import varint
+from test_data_layers import close, datum_bytes, net_of
+from test_data_layers import data_layer as lmdb_data_layer
+from test_data_layers import write_lmdb as caffe_lmdb
 
 plyvel = pytest.importorskip("plyvel")
 lmdb = pytest.importorskip("lmdb")
@@ -28,14 +29,6 @@ CAFFE_OPEN = dict(block_size=65536, write_buffer_size=268435456, max_open_files=
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def datum_bytes(pixels: np.ndarray, label: int) -> bytes:
-    """A serialized Datum{channels, height, width, data, label}, built by hand."""
-    c, h, w = pixels.shape
-    data = pixels.astype(np.uint8).tobytes()
-    return (b"\x08" + varint(c) + b"\x10" + varint(h) + b"\x18" + varint(w) +
-            b"\x22" + varint(len(data)) + data + b"\x28" + varint(label))
-
-
 def caffe_leveldb(path, records, batch=1000):
     """A LevelDB as Caffe's db_leveldb.cpp writes one (NEW mode: error_if_exists)."""
     db = plyvel.DB(str(path), create_if_missing=True, error_if_exists=True, **CAFFE_OPEN)
@@ -44,15 +37,6 @@ def caffe_leveldb(path, records, batch=1000):
             for key, value in records[start:start + batch]:
                 wb.put(key, value)
     db.close()
-    return str(path)
-
-
-def caffe_lmdb(path, records):
-    env = lmdb.open(str(path), map_size=1 << 26)
-    with env.begin(write=True) as txn:
-        for key, value in records:
-            txn.put(key, value)
-    env.close()
     return str(path)
 
 
@@ -71,21 +55,8 @@ def digit_records(n=23, shape=(1, 6, 5), seed=0):
 
 
 def data_layer(source, batch=7, transform="scale: 0.00390625", extra="", backend=None):
-    backend = f"backend: {backend}" if backend else ""  # none: Caffe's default, LEVELDB
-    return (f'layer {{ name: "d" type: "Data" top: "data" top: "label"\n'
-            f'  transform_param {{ {transform} }}\n'
-            f'  data_param {{ source: "{source}" batch_size: {batch} {backend} {extra} }} }}\n')
-
-
-def net_of(tmp_path, layers, phase="TRAIN", seed=0, name="net.prototxt"):
-    path = tmp_path / name
-    path.write_text('name: "t"\n' + layers)
-    return Net(str(path), phase, seed=seed)
-
-
-def close(net):
-    for layer in net.layers:
-        getattr(layer, "close", lambda: None)()
+    """A Data layer; no backend by default: Caffe's default, LEVELDB."""
+    return lmdb_data_layer(source, batch, transform, extra, backend=backend)
 
 
 # -- reading Caffe's LevelDBs ------------------------------------------------------------------
