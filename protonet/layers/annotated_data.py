@@ -203,21 +203,3 @@ class AnnotatedDataLayer(_PrefetchingLayer):
                 "it with the fork's convert_annoset, or from images and boxes with "
                 "protonet.data.annotated.write_annotated_lmdb(path, items)")
         return open_layer_source(self, p.source, p.backend)
-
-    def forward(self, bottom, top):
-        self._check_open()
-        try:
-            slot, state = self._prefetcher.next()
-        except BaseException:
-            self._prefetcher.stop()
-            self._loader.set_state(self._next_state)
-            raise
-        try:
-            top[0].reshape(slot.data.shape)
-            top[0].data[...] = slot.data
-            if len(top) > 1:
-                top[1].reshape(slot.label.shape)
-                top[1].data[...] = slot.label
-        finally:
-            self._prefetcher.release(slot)
-        self._next_state = state

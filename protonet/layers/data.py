@@ -351,6 +351,8 @@ class _PrefetchingLayer(_Source):
                 top[0].reshape(slot.data.shape)
             top[0].data[...] = slot.data
             if len(top) > 1:
+                if top[1].shape != slot.label.shape:  # AnnotatedData's varies per batch
+                    top[1].reshape(slot.label.shape)
                 top[1].data[...] = slot.label
         finally:
             self._prefetcher.release(slot)
