@@ -43,8 +43,31 @@ def _batch(layer: Layer, bottom) -> np.ndarray:
     return batch
 
 
+class _RegionPooling(Layer):
+    """What ROIPooling and PSROIPooling share: features and regions in, one top; the
+    regions get no gradient (zeros), nor may backward be forced to them."""
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = self._features_gradient(top, bottom)
+        if propagate_down[1]:
+            bottom[1].diff[...] = 0
+
+    def _features_gradient(self, top, bottom) -> np.ndarray:
+        raise NotImplementedError
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def macc(self, bottom, top):
+        return int(top[0].count)
+
+
 @register("ROIPooling")
-class ROIPoolingLayer(Layer):
+class ROIPoolingLayer(_RegionPooling):
     """Fast R-CNN's ROIPooling (``roi_pooling_param``: ``pooled_h``, ``pooled_w``,
     ``spatial_scale``).
 
@@ -55,9 +78,6 @@ class ROIPoolingLayer(Layer):
     empty bin gives 0. Backward adds each output's gradient to its argmax (the first maximum
     in row-major order); the regions get no gradient.
     """
-
-    exact_num_bottom = 2
-    exact_num_top = 1
 
     def layer_setup(self, bottom, top):
         p = self.param.roi_pooling_param
@@ -77,23 +97,14 @@ class ROIPoolingLayer(Layer):
                                              self.batch, *self.pooled, self.spatial_scale)
         top[0].data[...] = out
 
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = pool.roi_max_pool_backward(
-                top[0].diff, self.argmax, bottom[1].data.reshape(-1, 5), self.batch,
-                bottom[0].shape, self.spatial_scale, self.dtype)
-        if propagate_down[1]:
-            bottom[1].diff[...] = 0
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
-
-    def macc(self, bottom, top):
-        return int(top[0].count)
+    def _features_gradient(self, top, bottom):
+        return pool.roi_max_pool_backward(top[0].diff, self.argmax,
+                                          bottom[1].data.reshape(-1, 5), self.batch,
+                                          bottom[0].shape, self.spatial_scale, self.dtype)
 
 
 @register("PSROIPooling")
-class PSROIPoolingLayer(Layer):
+class PSROIPoolingLayer(_RegionPooling):
     """R-FCN's PSROIPooling (``psroi_pooling_param``: ``spatial_scale``, ``output_dim``,
     ``group_size``).
 
@@ -104,9 +115,6 @@ class PSROIPoolingLayer(Layer):
     bin edges are floored/ceiled; an empty bin gives 0. Backward spreads each gradient
     evenly over its bin; the regions get zeros.
     """
-
-    exact_num_bottom = 2
-    exact_num_top = 1
 
     def layer_setup(self, bottom, top):
         p = self.param.psroi_pooling_param
@@ -132,19 +140,10 @@ class PSROIPoolingLayer(Layer):
                                                self.batch, self.output_dim, self.group,
                                                self.spatial_scale)
 
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            bottom[0].diff[...] = pool.psroi_avg_pool_backward(
-                top[0].diff, bottom[1].data.reshape(-1, 5), self.batch, bottom[0].shape,
-                self.group, self.spatial_scale, self.dtype)
-        if propagate_down[1]:
-            bottom[1].diff[...] = 0
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
-
-    def macc(self, bottom, top):
-        return int(top[0].count)
+    def _features_gradient(self, top, bottom):
+        return pool.psroi_avg_pool_backward(top[0].diff, bottom[1].data.reshape(-1, 5),
+                                            self.batch, bottom[0].shape, self.group,
+                                            self.spatial_scale, self.dtype)
 
 
 def _legacy_dims(blob) -> tuple | None:
