@@ -238,21 +238,22 @@ def _operand_axis(L, axis_param: int, operand_shape) -> int:
     return 0 if not len(operand_shape) else _axis(axis_param, len(L.in_shapes[0]))
 
 
-@exporter("Bias")
-def bias(L):
-    p = L.param.bias_param
+def _second_operand(L, axis_param: int):
+    """Bias's or Scale's operand, the learned blob or bottom 1, lined up with bottom 0."""
     learned = L.weight(0) if len(L.inputs) == 1 else None
     shape = learned.shape if learned is not None else L.in_shapes[1]
-    b = _lined_up(L, L.inputs[-1], shape, _operand_axis(L, p.axis, shape), learned)
-    L.node("Add", [L.inputs[0], b], [L.out(0)])
+    return _lined_up(L, L.inputs[-1], shape, _operand_axis(L, axis_param, shape), learned)
+
+
+@exporter("Bias")
+def bias(L):
+    L.node("Add", [L.inputs[0], _second_operand(L, L.param.bias_param.axis)], [L.out(0)])
 
 
 @exporter("Scale")
 def scale(L):
     p = L.param.scale_param
-    learned = L.weight(0) if len(L.inputs) == 1 else None
-    shape = learned.shape if learned is not None else L.in_shapes[1]
-    s = _lined_up(L, L.inputs[-1], shape, _operand_axis(L, p.axis, shape), learned)
+    s = _second_operand(L, p.axis)
     if not L.layer.bias_term:
         L.node("Mul", [L.inputs[0], s], [L.out(0)])
         return
