@@ -46,6 +46,9 @@ CASES = [  # (params, input shape, strategy)
     ("num_output: 8 kernel_size: 3 pad: 1", (2, 16, 7, 6), "channels_last"),
     ("num_output: 8 kernel_size: 3 pad: 1", (1, 16, 7, 6), "columns"),  # one image
     ("num_output: 8 kernel_size: 3 stride: 2", (3, 16, 9, 8), "channels_last"),
+    # a short window (16*3*3 < 320 values) with 64+ outputs stays on the columns
+    ("num_output: 64 kernel_size: 3 pad: 1", (2, 16, 5, 6), "columns"),
+    ("num_output: 64 kernel_size: 5 pad: 2", (2, 16, 5, 6), "channels_last"),
 ]
 
 

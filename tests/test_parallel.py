@@ -361,3 +361,25 @@ def test_each_part_gets_enough_work(threads):
     assert len(parallel.split(64, 2500)) == 2    # 2500 elements: two parts of >= 1000
     assert len(parallel.split(64, 10**6)) == 8   # capped by the threads
     assert len(parallel.split(3, 10**6)) == 3    # and by the batch
+
+
+@needs_blas_control
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_split_concat_copies_every_bottom_and_its_gradient(axis, threads):
+    rng = np.random.default_rng(4)
+    shapes = [(5, 2, 3, 4), (5, 2, 3, 4)]
+    shapes[1] = tuple(d + 2 if i == axis else d for i, d in enumerate(shapes[1]))
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    threads(3)
+    layer = make_layer(f'type: "Concat" concat_param {{ axis: {axis} }}', dtype=np.float32)
+    bottom, top = setup_layer(layer, [x.copy() for x in xs])
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, np.concatenate(xs, axis=axis))
+    dy = rng.standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    layer.backward(top, [True, True], bottom)
+    cut = shapes[0][axis]
+    np.testing.assert_array_equal(bottom[0].diff, np.take(dy, range(cut), axis=axis))
+    np.testing.assert_array_equal(bottom[1].diff,
+                                  np.take(dy, range(cut, dy.shape[axis]), axis=axis))
+    assert len(layer._parts(top)) == (1 if axis == 0 else 3)

@@ -238,10 +238,15 @@ class DropoutLayer(Layer):
 
 @register("Concat")
 class ConcatLayer(Layer):
-    """Joins bottoms along ``axis`` (legacy ``concat_dim``); other dims must agree."""
+    """Joins bottoms along ``axis`` (legacy ``concat_dim``); other dims must agree.
+
+    Joining along an axis after the first is a copy per item of the first axis: it is cut
+    into one part per thread (:mod:`protonet.parallel`).
+    """
 
     min_num_bottom = 1
     exact_num_top = 1
+    splits_work = True
 
     def layer_setup(self, bottom, top):
         p = self.param.concat_param
@@ -268,18 +273,32 @@ class ConcatLayer(Layer):
         self.sizes = [b.shape[axis] for b in bottom]
         top[0].reshape(first[:axis] + (sum(self.sizes),) + first[axis + 1:])
 
+    def _parts(self, top) -> list[slice]:
+        """Slices of the first axis copied concurrently (the whole of it for axis 0)."""
+        n = top[0].shape[0] if top[0].shape else 1
+        if self.axis == 0:
+            return parallel.Parts([slice(0, n)], small=True)
+        return parallel.split(n, top[0].count)
+
     def forward(self, bottom, top):
-        np.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
+        y = top[0].data
+
+        def work(k, s):
+            np.concatenate([b.data[s] for b in bottom], axis=self.axis, out=y[s])
+        parallel.run(work, self._parts(top))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
-        start = 0
-        index = [slice(None)] * dy.ndim
-        for b, size, down in zip(bottom, self.sizes, propagate_down):
-            if down:
-                index[self.axis] = slice(start, start + size)
-                np.copyto(b.diff, dy[tuple(index)])
-            start += size
+
+        def work(k, s):
+            start = 0
+            index = [s] + [slice(None)] * (dy.ndim - 1)
+            for b, size, down in zip(bottom, self.sizes, propagate_down):
+                if down:
+                    index[self.axis] = slice(start, start + size)
+                    np.copyto(b.diff[s], dy[tuple(index)])
+                start += size
+        parallel.run(work, self._parts(top))
 
 
 @register("Eltwise")
