@@ -7,6 +7,7 @@ about dropped or guessed input print as ``protonet: warning: ...``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -25,10 +26,11 @@ def _shape_arg(text: str):
     return name, shape
 
 
-def _add_net_args(p, lenient_default: bool, runs_layers: bool = True):
+def _add_net_args(p, lenient_default: bool, runs_layers: bool = True, phase: str = "TEST",
+                  phase_note: str = ""):
     p.add_argument("net", help="network definition (.prototxt)")
-    p.add_argument("--phase", default="TEST", type=str.upper, choices=["TRAIN", "TEST"],
-                   help="net phase for include/exclude rules (default: TEST)")
+    p.add_argument("--phase", default=phase, type=str.upper, choices=["TRAIN", "TEST"],
+                   help=f"net phase for include/exclude rules (default: {phase}{phase_note})")
     p.add_argument("--level", type=int, default=0, help="net state level (default: 0)")
     p.add_argument("--stage", action="append", default=[],
                    help="net state stage; repeat for several (or comma-separate)")
@@ -214,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("time", help="benchmark forward/backward, layer by layer (caffe time)",
                        description="Average forward, backward and forward-backward "
                        "milliseconds per iteration and per layer, after a warm-up.")
-    _add_net_args(p, lenient_default=False)
-    p.set_defaults(phase="TRAIN")
+    _add_net_args(p, lenient_default=False, phase="TRAIN",
+                  phase_note=", as caffe time; TEST times the deploy path, BatchNorm/Scale/"
+                  "Bias and ReLU folded into the layer before them")
     p.add_argument("--iterations", "-iterations", type=int, default=50,
                    help="timed iterations (default: 50, as Caffe)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: 1)")
@@ -284,8 +287,20 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print("protonet: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`protonet time ... | head`)
+            _silence_stdout()
+            return 141
         finally:
             warnings.showwarning = previous
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

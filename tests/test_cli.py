@@ -1,4 +1,5 @@
 """The command line as a user runs it: entry points, time, help."""
+import io
 import json
 import subprocess
 import sys
@@ -46,6 +47,58 @@ def test_time_reports_every_layer_and_the_passes(write, capsys):
     assert main(["time", path, "--iterations", "1"]) == 0
     text = capsys.readouterr().out
     assert "Average Forward-Backward:" in text and "conv" in text
+
+
+BN_DEPLOY = """name: "bn"
+input: "data" input_shape { dim: 2 dim: 3 dim: 6 dim: 6 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def test_time_defaults_to_train_as_caffe_and_test_times_the_folded_deploy_path(write, capsys):
+    path = write(BN_DEPLOY)
+    assert main(["time", path, "--iterations", "1", "--json"]) == 0
+    train = json.loads(capsys.readouterr().out)["layers"]
+    assert not any("folded_into" in l for l in train)  # TRAIN: BatchNorm's batch statistics
+    assert train[2]["forward_ms"] > 0
+    assert main(["time", path, "--phase", "test", "--iterations", "1", "--json"]) == 0
+    test = {l["name"]: l for l in json.loads(capsys.readouterr().out)["layers"]}
+    assert [n for n, l in test.items() if "folded_into" in l] == ["bn", "scale", "relu"]
+    assert {l["folded_into"] for l in test.values() if "folded_into" in l} == {"conv"}
+    assert test["bn"]["forward_ms"] == 0 and test["conv"]["forward_ms"] > 0
+    assert main(["time", path, "--phase", "test", "--iterations", "1", "--no-fuse",
+                 "--json"]) == 0
+    assert not any("folded_into" in l for l in json.loads(capsys.readouterr().out)["layers"])
+
+
+def test_time_table_marks_folded_layers(write, capsys):
+    assert main(["time", write(BN_DEPLOY), "--phase", "TEST", "--iterations", "1"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:-3]}
+    assert "folded" in rows["scale"] and rows["scale"].endswith("(into conv)")
+    assert "folded" not in rows["pool"] and "ms" in rows["pool"]
+
+
+def test_time_help_gives_each_commands_phase_default(capsys):
+    parser_help = subprocess.run([sys.executable, "-m", "protonet", "time", "--help"],
+                                 capture_output=True, text=True, check=True).stdout
+    assert "default: TRAIN" in " ".join(parser_help.split())
+    summary_help = subprocess.run([sys.executable, "-m", "protonet", "summary", "--help"],
+                                  capture_output=True, text=True, check=True).stdout
+    assert "default: TEST" in " ".join(summary_help.split())
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(write, monkeypatch):
+    class Closed(io.StringIO):  # what `protonet time ... | head` writes into once head exits
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["time", write(BN_DEPLOY), "--iterations", "1"]) == 141
 
 
 def test_time_rejects_zero_iterations(write, capsys):

@@ -11,7 +11,10 @@ def time_net(net, iterations: int = 50, warmup: int = 1) -> dict:
 
     Runs ``warmup`` untimed forward-backward passes, then ``iterations``
     timed ones, layer by layer (each layer's reshape counts as forward, as in
-    Caffe). Backward runs only for layers that need it.
+    Caffe). Backward runs only for layers that need it. A chain folded into
+    its head layer (:mod:`protonet.fuse`, the TEST phase) runs as the head: the
+    head's forward time is the chain's, and each member's entry names the head
+    under ``folded_into``.
     """
     n = len(net.layers)
     for _ in range(warmup):
@@ -41,11 +44,15 @@ def time_net(net, iterations: int = 50, warmup: int = 1) -> dict:
         passes_f.append(mid - start)
         passes_b.append(end - mid)
     ms = 1000.0 / max(iterations, 1)
+    layers = [{"name": name, "type": layer.type, "forward_ms": fwd[i] * ms,
+               "backward_ms": bwd[i] * ms}
+              for i, (name, layer) in enumerate(zip(net.layer_names, net.layers))]
+    for chain in getattr(net, "_chains", []):
+        for i in chain.members:
+            layers[i]["folded_into"] = net.layer_names[chain.head]
     return {
         "iterations": iterations,
-        "layers": [{"name": name, "type": layer.type, "forward_ms": fwd[i] * ms,
-                    "backward_ms": bwd[i] * ms}
-                   for i, (name, layer) in enumerate(zip(net.layer_names, net.layers))],
+        "layers": layers,
         "forward_ms": float(np.mean(passes_f)) * 1000,
         "backward_ms": float(np.mean(passes_b)) * 1000,
         "forward_backward_ms": float(np.mean(np.add(passes_f, passes_b))) * 1000,
@@ -58,8 +65,11 @@ def format_timing(result: dict) -> str:
     lines = [f"Average time per layer over {result['iterations']} iterations:",
              f"{'layer'.ljust(width)}  {'type'.ljust(twidth)}  {'forward':>10}  {'backward':>10}"]
     for l in result["layers"]:
+        forward = (f"{l['forward_ms']:>7.3f} ms" if "folded_into" not in l
+                   else f"{'folded':>10}")
         lines.append(f"{l['name'].ljust(width)}  {l['type'].ljust(twidth)}  "
-                     f"{l['forward_ms']:>7.3f} ms  {l['backward_ms']:>7.3f} ms")
+                     f"{forward}  {l['backward_ms']:>7.3f} ms"
+                     + (f"  (into {l['folded_into']})" if "folded_into" in l else ""))
     lines += [f"Average Forward pass: {result['forward_ms']:.3f} ms.",
               f"Average Backward pass: {result['backward_ms']:.3f} ms.",
               f"Average Forward-Backward: {result['forward_backward_ms']:.3f} ms."]
