@@ -77,3 +77,26 @@ def test_zoo_rows_time_protonet_against_opencv(capsys, monkeypatch):
     assert [(r["net"], r["batch"], r["threads"]) for r in rows] == [("squeezenet11", 1, 2)]
     assert rows[0]["reference"] == "OpenCV" and rows[0]["opencv_ms"] > 0 and rows[0]["fuse"]
     assert "squeezenet11" in zoo.ZOO and "OpenCV" in capsys.readouterr().out
+
+
+def test_gemm_floor_lists_each_layers_products():
+    from bench.gemm_floor import step_gemms
+    rows = {r["layer"]: r for r in step_gemms("lenet", 2)}
+    assert list(rows) == ["conv1", "conv2", "ip1", "ip2"]
+    # conv1 reads the data (no data gradient): forward (20, 25) @ (25, 2*24*24), weights
+    assert rows["conv1"]["products"] == [("forward", 20, 25, 1152), ("weights", 20, 1152, 25)]
+    assert [p[0] for p in rows["conv2"]["products"]] == ["forward", "weights", "data"]
+    assert tuple(rows["conv2"]["products"][2]) == ("data", 500, 50, 2 * 8 * 8)
+    assert tuple(rows["ip1"]["products"][0]) == ("forward", 2, 800, 500)
+    for r in rows.values():
+        assert r["total_s"] == pytest.approx(sum(r["seconds"].values())) and r["total_s"] > 0
+
+
+@pytest.mark.slow
+def test_gemm_floor_rows_put_the_floor_beside_both_steps(capsys):
+    pytest.importorskip("torch")
+    from bench.gemm_floor import main
+    rows = main(["--nets", "lenet", "--threads", "1", "--batch", "2", "--iterations", "1"])
+    assert len(rows) == 1 and rows[0]["gemm_floor_ms"] > 0
+    assert rows[0]["protonet_ms"] > 0 and rows[0]["torch_ms"] > 0
+    assert "floor/PyTorch" in capsys.readouterr().out
