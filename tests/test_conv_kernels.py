@@ -43,6 +43,7 @@ CASES = [  # (params, input shape, strategy)
     ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (1, 4, 6, 7), "columns"),
     ("num_output: 6 kernel_size: 3 pad: 1 stride: 2", (3, 3, 8, 9), "columns"),
     ("num_output: 4 kernel_size: 5 pad: 1", (1, 3, 9, 8), "columns"),
+    ("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 16, 17), "columns"),  # image by image
     ("num_output: 8 kernel_size: 3 pad: 1", (2, 16, 7, 6), "channels_last"),
     ("num_output: 8 kernel_size: 3 pad: 1", (1, 16, 7, 6), "columns"),  # one image
     ("num_output: 8 kernel_size: 3 stride: 2", (3, 16, 9, 8), "channels_last"),

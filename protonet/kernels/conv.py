@@ -213,7 +213,8 @@ def im2col_gemm(x, w, ep: Epilogue, s: slice, rows: slice, group: int, kernel, s
     images and rows (one copy of a strided view of a zero-bordered frame of the input
     rows they read) go into the kept buffer ``col{key}`` ``(C, kh, kw, n, rows, Wo)``
     (backward reuses them), returned; then, image by image,
-    ``r (G, O/G, rows*Wo) = w (G, O/G, C/G*kh*kw) @ col (G, C/G*kh*kw, rows*Wo)``.
+    ``r (G, O/G, rows*Wo) = w (G, O/G, C/G*kh*kw) @ col (G, C/G*kh*kw, rows*Wo)`` (for
+    images of fewer than :data:`WHOLE_PART_MAX_POSITIONS` outputs, all images at once).
     (Tiles of rows, to keep the columns and the result in cache, were measured slower:
     the GEMM of a whole image runs best on BLAS's threads.)
     """
@@ -257,11 +258,26 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
     col[...] = np.lib.stride_tricks.as_strided(
         frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
     views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
-    # image by image, straight into the output: (n, G, O/G, P) = (G, O/G, K) @ (n, G, K, P)
-    parallel.matmul(wg, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
-                    out=views[0].reshape(n, G, Og, P))
-    finish_views(views, ep, axis=1)
+    if n == 1 or P >= WHOLE_PART_MAX_POSITIONS:
+        # image by image, straight into the output: (n, G, O/G, P) = (G, O/G, K) @ (n, G, K, P)
+        parallel.matmul(wg, col.reshape(G, -1, n, P).transpose(2, 0, 1, 3),
+                        out=views[0].reshape(n, G, Og, P))
+        finish_views(views, ep, axis=1)
+        return col
+    # small images: one GEMM for the part, (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P) (per
+    # image, the products are too small for BLAS); the epilogue's first pass reads it image
+    # by image into the outputs
+    r = buffer(scratch, f"r{key}", (G, Og, n * P), x.dtype)
+    parallel.matmul(wg, col.reshape(G, -1, n * P), out=r)
+    finish_views(views, ep, axis=1, source=r.reshape(O, n, P).transpose(1, 0, 2))
     return col
+
+
+#: output positions per image below which :func:`im2col_gemm` multiplies a part's images in
+#: one GEMM, not image by image (CaffeNet's grouped 13x13 convolutions, batch 8: 0.82-0.87
+#: of the time; with larger images the per-image products are as fast, and the extra pass
+#: costs)
+WHOLE_PART_MAX_POSITIONS = 256
 
 
 # -- channels-last tiles --------------------------------------------------------------------

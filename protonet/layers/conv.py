@@ -428,8 +428,9 @@ class DeconvolutionLayer(ConvolutionLayer):
                          out=self._col_buffer(dy.dtype), frame=self._padded_buffer("xpad", dy))
             col = col.reshape(G, -1, N * P)
             if want_w:
-                # dW (G, C/G, O/G*kh*kw) += x (G, C/G, N*P) @ col^T (G, N*P, O/G*kh*kw)
-                w_diff += np.matmul(self._rows(b.data), col.transpose(0, 2, 1))
+                # dW (G, C/G, O/G*kh*kw) += (col (G, O/G*kh*kw, N*P) @ x^T (G, N*P, C/G))^T
+                # (faster than x @ col^T, as the convolution's weight gradient)
+                w_diff += np.matmul(col, self._rows(b.data).transpose(0, 2, 1)).transpose(0, 2, 1)
             if propagate_down[i]:
                 # dx (G, C/G, N*P) = W (G, C/G, O/G*kh*kw) @ col (G, O/G*kh*kw, N*P)
                 if N == 1:
