@@ -22,9 +22,9 @@ from . import conv_nd
 
 #: input channels from which a group-1 convolution runs channels-last
 CHANNELS_LAST_MIN = 16
-#: ``(window, outputs)``: a window of fewer than ``C*kh*kw`` values with at least this many
-#: outputs stays on Caffe's columns even so (measured 1.1-1.3x faster there: SqueezeNet's
-#: 3x3 expand layers, 16 -> 64 and 32 -> 128 channels)
+#: ``(values, outputs)``: a convolution whose window holds fewer values (``C*kh*kw``) and
+#: that has at least this many outputs stays on Caffe's columns even so (measured 1.1-1.3x
+#: faster there: SqueezeNet's 3x3 expand layers, 16 -> 64 and 32 -> 128 channels)
 SHORT_WINDOW_COLUMNS = (320, 64)
 
 
@@ -93,8 +93,8 @@ class ConvolutionLayer(Layer):
 
     The 2-D kernel (:attr:`strategy`): ``"1x1"`` (a plain GEMM, no columns),
     ``"depthwise"`` (``group == C == O``: per-tap multiply-adds), ``"channels_last"``
-    (group 1, at least :data:`CHANNELS_LAST_MIN` channels and several images:
-    cache-sized tiles of channels-last columns) or ``"columns"`` (Caffe's im2col and one
+    (group 1, at least :data:`CHANNELS_LAST_MIN` channels and several images, the window
+    not short (:data:`SHORT_WINDOW_COLUMNS`): cache-sized tiles of channels-last columns) or ``"columns"`` (Caffe's im2col and one
     GEMM per group). The batch is cut into one part per thread; a single image's GEMMs
     run on BLAS's threads.
     """
