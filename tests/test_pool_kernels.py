@@ -14,6 +14,10 @@ GEOMETRIES = [  # params, input shape
     ("kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1", (1, 3, 8, 10)),
     ("kernel_size: 2 stride: 3", (1, 2, 7, 8)),            # stride > kernel
     ("kernel_size: 1 stride: 2", (1, 2, 6, 5)),            # last window past the image
+    # stride 1 runs over all planes at once: two rows, four rows, one column, no frame
+    ("kernel_size: 2 stride: 1", (2, 3, 5, 7)),
+    ("kernel_h: 4 kernel_w: 3 stride: 1 pad_h: 2 pad_w: 0", (3, 2, 6, 5)),
+    ("kernel_h: 3 kernel_w: 1 stride: 1", (2, 2, 5, 4)),
 ]
 
 
