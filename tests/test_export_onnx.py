@@ -397,6 +397,27 @@ def test_an_output_written_in_place_keeps_its_name(tmp_path):
     assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == ["ip"]
 
 
+def test_an_input_overwritten_in_place_cannot_be_an_output_too(tmp_path):
+    text = inputs(data=(2, 3)) + """
+        layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
+        layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+                inner_product_param { num_output: 4 } }"""
+    assert roundtrip(tmp_path, text).outputs == [("ip", (2, 4))]  # 'data' not asked for
+    with pytest.raises(ProtonetError, match=r"output 'data' is also a graph input, which "
+                                            r"layer 'relu' overwrites in place"):
+        export(build(text), str(tmp_path / "both.onnx"), outputs=["data", "ip"])
+    assert not (tmp_path / "both.onnx").exists()
+    alone = inputs(data=(2, 3)) + 'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }'
+    with pytest.raises(ProtonetError, match="give that layer a top of its own"):
+        export(build(alone), str(tmp_path / "alone.onnx"))
+    dropout = inputs(data=(2, 3)) + """
+        layer { name: "drop" type: "Dropout" bottom: "data" top: "data" }
+        layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+                inner_product_param { num_output: 4 } }"""
+    assert roundtrip(tmp_path, dropout, outputs=["data", "ip"]).outputs == [
+        ("data", (2, 3)), ("ip", (2, 4))]  # passed on unchanged: one value, one name
+
+
 TRAIN_TEST = """
     layer { name: "data" type: "DummyData" top: "data" top: "label"
             dummy_data_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } shape { dim: 2 }

@@ -196,6 +196,14 @@ def export_net(net, opset: int | None = None, dynamic_batch: bool = False,
     fold_affine(graph, {v: len(s) for v, s in shapes.items()},
                 {v: (s[1] if len(s) > 1 else 1) for v, s in shapes.items()},
                 set(values.values()))
+    for blob, value in values.items():
+        if value != blob and blob in {name for name, _ in graph.inputs}:
+            writer = f"layer '{net.layer_names[last_writer[blob]]}'" if blob in last_writer \
+                else "a layer"
+            raise ProtonetError(
+                f"output '{blob}' is also a graph input, which {writer} overwrites in place: "
+                f"ONNX cannot give the input and the output one name; give that layer a top "
+                f"of its own, or leave '{blob}' out of the outputs")
     _name_outputs(graph, values, session)
     graph.prune(set(outputs))
     unused = [n for n in session.input_layer if n not in {name for name, _ in graph.inputs}]
