@@ -35,6 +35,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 import zlib
 
 import numpy as np
@@ -51,6 +52,8 @@ SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANKS_ENV, RUNDIR_ENV = "PROTONET_MPI_RANKS", "PROTONET_MPI_RUNDIR"
 CHECK_ENV = "PROTONET_MPI_CHECK_EVERY"
 DEFAULT_CHECK_EVERY = 100
+#: seconds a rank waits after printing an uncaught exception before it aborts the job
+ABORT_GRACE_S = 0.2
 INSTALL_HINT = ("pip install 'protonet[mpi]' (mpi4py and the mpich wheel, which brings "
                 "mpiexec), or mpi4py built against the machine's MPI")
 
@@ -80,9 +83,20 @@ def _abort_on_uncaught_exceptions(MPI) -> None:
     their next collective forever: after the traceback, abort the whole job."""
     previous = sys.excepthook
 
-    def hook(kind, value, traceback):
-        previous(kind, value, traceback)
+    def hook(kind, value, tb):
+        if previous is sys.__excepthook__:
+            # one write, then a moment for the launcher to forward it: an abort can end the
+            # launcher's forwarding of this rank's output midway (seen under load)
+            text = "".join(traceback.format_exception(kind, value, tb))
+            try:
+                sys.stderr.flush()
+                os.write(sys.stderr.fileno(), text.encode(errors="replace"))
+            except (OSError, ValueError, AttributeError):
+                previous(kind, value, tb)
+        else:
+            previous(kind, value, tb)
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(1)
     sys.excepthook = hook
 
@@ -485,9 +499,9 @@ def solve_as_rank(args, path: str, param, make_solver) -> int:
                 if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         print(f"protonet: error: rank {rank}: {what}", file=sys.stderr, flush=True)
         if not isinstance(e, (ProtonetError, KeyboardInterrupt)):
-            import traceback
             traceback.print_exc()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # let the launcher forward the line before the abort
         comm.Abort(1)
     return 0
 
