@@ -1,4 +1,6 @@
 """The benchmark runner works (tiny size; speed itself is measured by `python -m bench`)."""
+import os
+
 import pytest
 
 from bench.nets import NETS
@@ -98,5 +100,21 @@ def test_gemm_floor_rows_put_the_floor_beside_both_steps(capsys):
     from bench.gemm_floor import main
     rows = main(["--nets", "lenet", "--threads", "1", "--batch", "2", "--iterations", "1"])
     assert len(rows) == 1 and rows[0]["gemm_floor_ms"] > 0
-    assert rows[0]["protonet_ms"] > 0 and rows[0]["torch_ms"] > 0
-    assert "floor/PyTorch" in capsys.readouterr().out
+    assert rows[0]["protonet_ms"] > 0 and rows[0]["reference_ms"] > 0
+    assert rows[0]["reference"] == "PyTorch" and "floor/reference" in capsys.readouterr().out
+
+
+def test_gemm_floor_of_a_deploy_net_is_its_forward_products_and_depthwise_apart(monkeypatch):
+    from bench import zoo
+    from bench.gemm_floor import step_gemms
+    if not os.path.isfile(os.path.join(zoo.corpus_dir(), zoo.ZOO["mobilenet"][0])):
+        pytest.skip("the shared corpus is not beside the repository")
+    monkeypatch.setattr("bench.gemm_floor.gemm_seconds", lambda m, k, n: 1e-9 * m * k * n)
+    rows = {r["layer"]: r for r in step_gemms("mobilenet", 2)}
+    products = [p[0] for r in rows.values() for p in r["products"]]
+    assert products == ["forward"] * 15  # conv1, the 13 1x1 convolutions, fc7
+    assert tuple(rows["conv1"]["products"][0]) == ("forward", 32, 27, 2 * 112 * 112)
+    dw = rows["conv2_1/dw"]
+    assert dw["products"] == [] and dw["total_s"] == 0
+    assert dw["depthwise_macc"] == 32 * 9 * 2 * 112 * 112
+    assert rows["conv2_1/sep"]["total_s"] == pytest.approx(1e-9 * 64 * 32 * 2 * 112 * 112)
