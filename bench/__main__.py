@@ -102,8 +102,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     penv = {"PROTONET_NO_MALLOC_TUNING": "1"} if args.no_malloc_tuning else {}
     options = "fuse" if args.no_fuse else ""
-    names = list(dict.fromkeys(n for name in args.nets
-                               for n in (zoo.ZOO if name == "zoo" else [name])))
+    names = expand_nets(args.nets)
     print(machine(), flush=True)
     print(header(args), flush=True)  # each row as it is measured; the table again at the end
     rows = []
@@ -128,6 +127,21 @@ def main(argv=None):
     return rows
 
 
+def expand_nets(nets) -> list[str]:
+    """The net names asked for, 'zoo' standing for every zoo deploy net, each once."""
+    return list(dict.fromkeys(n for name in nets for n in (zoo.ZOO if name == "zoo" else [name])))
+
+
+def default_batches(name: str) -> list[int]:
+    """Batch sizes a net is timed at unless --batch says otherwise (zoo nets: 1 and 8)."""
+    return list(zoo.ZOO_BATCHES) if name in zoo.ZOO else [NETS[name][1]]
+
+
+def default_threads(name: str) -> list[int]:
+    """Thread counts a net is timed at unless --threads says otherwise (zoo nets: 2)."""
+    return [2] if name in zoo.ZOO else [1, 2]
+
+
 def header(args) -> str:
     return (f"{'net':14} {'step':>8} {'batch':>5} {'thr':>3} {'protonet (spread)':>20} "
             f"{'reference (spread)':>28} {'ratio':>6} {'GFLOP/s':>8} {'GEMM peak':>9}"
@@ -150,8 +164,8 @@ def _time_net(name, args, folder, penv, options) -> list[dict]:
     """Rows for one net: each batch size and thread count, protonet and its reference engine
     (PyTorch, or OpenCV dnn for a zoo net) in alternating rounds, each in its own process."""
     in_zoo = name in zoo.ZOO
-    batches = args.batch or (zoo.ZOO_BATCHES if in_zoo else [NETS[name][1]])
-    threads_list = args.threads or ([2] if in_zoo else [1, 2])
+    batches = args.batch or default_batches(name)
+    threads_list = args.threads or default_threads(name)
     iterations = max(3, args.iterations // 3) if in_zoo else args.iterations
     if in_zoo:
         zoo.prepare(name, batches, folder)

@@ -106,21 +106,19 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(step_gemms(args.worker[0], int(args.worker[1]))))
         return None
-    from bench.__main__ import machine, run
-    names = list(dict.fromkeys(n for name in args.nets
-                               for n in (zoo.ZOO if name == "zoo" else [name])))
+    from bench.__main__ import default_batches, default_threads, expand_nets, machine, run
+    names = expand_nets(args.nets)
     print(machine(), flush=True)
     print(f"{'net':14} {'batch':>5} {'thr':>3} {'protonet':>11} {'reference':>19} "
           f"{'GEMM floor':>11} {'floor/reference':>15}")
     results = []
     with tempfile.TemporaryDirectory(prefix="protonet-floor-") as folder:
         for name in names:
-            in_zoo = name in zoo.ZOO
-            batches = args.batch or (zoo.ZOO_BATCHES if in_zoo else [NETS[name][1]])
-            if in_zoo:
+            batches = args.batch or default_batches(name)
+            if name in zoo.ZOO:
                 zoo.prepare(name, batches, folder)
             for batch in batches:
-                for threads in args.threads or ([2] if in_zoo else [1, 2]):
+                for threads in args.threads or default_threads(name):
                     results.append(_row(name, batch, threads, args, folder, run))
     return results
 

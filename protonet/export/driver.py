@@ -196,8 +196,9 @@ def export_net(net, opset: int | None = None, dynamic_batch: bool = False,
     fold_affine(graph, {v: len(s) for v, s in shapes.items()},
                 {v: (s[1] if len(s) > 1 else 1) for v, s in shapes.items()},
                 set(values.values()))
+    input_names = {name for name, _ in graph.inputs}
     for blob, value in values.items():
-        if value != blob and blob in {name for name, _ in graph.inputs}:
+        if value != blob and blob in input_names:
             writer = f"layer '{net.layer_names[last_writer[blob]]}'" if blob in last_writer \
                 else "a layer"
             raise ProtonetError(

@@ -94,9 +94,9 @@ class ConvolutionLayer(Layer):
     The 2-D kernel (:attr:`strategy`): ``"1x1"`` (a plain GEMM, no columns),
     ``"depthwise"`` (``group == C == O``: per-tap multiply-adds), ``"channels_last"``
     (group 1, at least :data:`CHANNELS_LAST_MIN` channels and several images, the window
-    not short (:data:`SHORT_WINDOW_COLUMNS`): cache-sized tiles of channels-last columns) or ``"columns"`` (Caffe's im2col and one
-    GEMM per group). The batch is cut into one part per thread; a single image's GEMMs
-    run on BLAS's threads.
+    not short (:data:`SHORT_WINDOW_COLUMNS`): cache-sized tiles of channels-last columns)
+    or ``"columns"`` (Caffe's im2col and one GEMM per group). The batch is cut into one
+    part per thread; a single image's GEMMs run on BLAS's threads.
     """
 
     min_num_bottom = 1
