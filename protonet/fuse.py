@@ -83,7 +83,8 @@ class Chain:
         return blobs + [blob], net.layers[self.last].type == "ReLU"
 
     def _coefficients(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(scale, shift)`` per blob of :meth:`_outputs`, in the head's dtype."""
+        """``(scale, shift)`` per blob of :meth:`_outputs`, in the head's dtype, ``None``
+        for a scale of exactly 1 or a shift of exactly 0."""
         net = self.net
         head = net.layers[self.head]
         dtype = head.blobs[0].data.dtype
@@ -103,7 +104,9 @@ class Chain:
             coef = compose(coef, layer_coefficients(layer))
             blob = top
         result.append(coef)
-        return [(s.astype(dtype), c.astype(dtype)) for s, c in result]
+        # an identity scale or shift is None: the kernels then skip its pass
+        return [(None if np.all(s == 1) else s.astype(dtype),
+                 None if not np.any(c) else c.astype(dtype)) for s, c in result]
 
     def replay(self) -> None:
         """Run the chain layer by layer on scratch copies of its blobs, so that each

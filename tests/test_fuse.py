@@ -92,6 +92,24 @@ def test_chains_found_and_every_blob_matches_the_unfused_net():
     assert conv2.bias_term is False
 
 
+def test_identity_coefficients_cost_no_pass():
+    # c2 has no bias and bn2 writes a new blob: c2 itself is the plain product, with no
+    # scale or shift for the kernels to apply; a Scale without bias after a bias-free
+    # convolution leaves no shift either
+    text = NET + conv("c7", "c5s", 4, bias=False, top="c7") + scale("s7", "c7", bias=False)
+    fused, plain = make(text=text), make(fuse=False, text=text)
+    outputs = {fused.layer_names[c.head]: c.epilogue().outputs for c in fused._chains}
+    (_, s, c), (_, s2, c2) = outputs["c2"]
+    assert s is None and c is None and s2 is not None and c2 is not None
+    ((_, s, c),) = outputs["c7"]
+    assert s is not None and c is None
+    ((_, s, c),) = outputs["c1"]
+    assert s is not None and c is not None
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    assert_blobs_close(fused, plain)
+
+
 def test_a_change_through_net_params_takes_effect_on_the_next_forward():
     fused, plain = make(), make(fuse=False)
     fused.forward(**inputs())

@@ -17,11 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import parallel
-from ..kernels.scratch import buffer
+from ..kernels.scratch import buffer, image_channel_tiles
 from .base import TEST, Layer, register
 from .neuron import reuse_buffer
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
+#: bytes of one LRN tile's input, squares and sums: small enough to stay in a core's cache
+#: (an image of 192 56x56 channels ran 1.8x faster in blocks of 32 channels than whole)
+LRN_TILE_BYTES = 1 << 20
 
 
 def window_sum(a: np.ndarray, n: int, axis: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -85,29 +88,37 @@ class LRNLayer(Layer):
         return window_sum(window_sum(a, self.size, 2, scratch), self.size, 3, out)
 
     def forward(self, bottom, top):
-        """Images are independent: parts of the batch on threads, each in cache-sized
-        tiles of images (:mod:`protonet.parallel`)."""
+        """Images are independent: parts of the batch on threads, each in cache-sized tiles
+        (:data:`LRN_TILE_BYTES`): several images, or blocks of one image's channels. An
+        ACROSS_CHANNELS block squares and sums ``(n-1)/2`` channels more on either side."""
         x, y = bottom[0].data, top[0].data
         self.scale = scale = reuse_buffer(getattr(self, "scale", None), x)
-        image_bytes = 3 * x[:1].nbytes
+        C = x.shape[1]
+        across = self.region == ACROSS_CHANNELS
+        halo = (self.size - 1) // 2 if across else 0
+        channel_bytes = 3 * x[:1, :1].nbytes  # the input, its squares and their sums
 
         def work(k, s):
-            for u in parallel.tiles(s, image_bytes):
-                xs, sc = x[u], scale[u]
-                squares = buffer(self._buf, f"sq{k}", xs.shape, xs.dtype)
-                np.multiply(xs, xs, out=squares)
-                inner = (None if self.region == ACROSS_CHANNELS else
-                         buffer(self._buf, f"rows{k}", xs.shape, xs.dtype))
-                self._window_sum(squares, sc, inner)
-                if self.region == ACROSS_CHANNELS:
-                    sc *= self.alpha / self.size
+            for u, c in image_channel_tiles(s, C, channel_bytes, LRN_TILE_BYTES):
+                # the block c widened by the halo, clipped to the image: (m, a1-a0, H, W)
+                a0, a1 = max(0, c.start - halo), min(C, c.stop + halo)
+                xa = x[u, a0:a1]
+                squares = buffer(self._buf, f"sq{k}", xa.shape, xa.dtype)
+                np.multiply(xa, xa, out=squares)
+                sums = buffer(self._buf, f"sum{k}", xa.shape, xa.dtype)
+                inner = (None if across else buffer(self._buf, f"rows{k}", xa.shape, xa.dtype))
+                self._window_sum(squares, sums, inner)
+                core = sums[:, c.start - a0:c.stop - a0]  # the sums of the block's own channels
+                sc = scale[u, c]
+                if across:
+                    np.multiply(core, self.alpha / self.size, out=sc)
                     sc += self.k
                 else:
-                    sc /= float(self.size * self.size)  # the AVE pooling divisor
+                    np.divide(core, float(self.size * self.size), out=sc)  # AVE pooling
                     sc *= self.alpha
                     sc += 1.0
-                negative_power(sc, self.beta, y[u])
-                y[u] *= xs
+                negative_power(sc, self.beta, y[u, c])
+                y[u, c] *= x[u, c]
         parallel.run(work, parallel.split(x.shape[0], x.size * self.size))
 
     def backward(self, top, propagate_down, bottom):
