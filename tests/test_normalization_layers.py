@@ -111,12 +111,14 @@ def test_negative_power_fast_path_is_accurate(beta):
 @pytest.mark.parametrize("tile_bytes", [1, 3 * (3 * 12 * 4), 1 << 30])
 def test_lrn_channel_blocks_give_the_whole_image_numbers(region, tile_bytes, monkeypatch):
     # blocks of 1 channel, of 3 (edges inside and at the image's border), whole images
+    from protonet import parallel
     from protonet.layers import normalization
     x, dy = randn(3, 8, 3, 4) * 2, randn(3, 8, 3, 4, seed=1)
     params = f"local_size: 5 alpha: 0.7 beta: 0.75 k: 1.5 norm_region: {region}"
-    monkeypatch.setattr(normalization, "LRN_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(parallel, "TILE_BYTES", 1)
+    monkeypatch.setattr(normalization, "LRN_BLOCK_BYTES", tile_bytes)
     y, dx = forward_backward(lrn(params), x, dy)
-    monkeypatch.setattr(normalization, "LRN_TILE_BYTES", 1 << 30)
+    monkeypatch.setattr(parallel, "TILE_BYTES", 1 << 30)
     y_whole, dx_whole = forward_backward(lrn(params), x, dy)
     np.testing.assert_array_equal(y, y_whole)
     np.testing.assert_array_equal(dx, dx_whole)

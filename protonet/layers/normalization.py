@@ -22,9 +22,11 @@ from .base import TEST, Layer, register
 from .neuron import reuse_buffer
 
 ACROSS_CHANNELS, WITHIN_CHANNEL = 0, 1
-#: bytes of one LRN tile's input, squares and sums: small enough to stay in a core's cache
-#: (an image of 192 56x56 channels ran 1.8x faster in blocks of 32 channels than whole)
-LRN_TILE_BYTES = 1 << 20
+#: bytes of a block of one image's channels (input, squares and sums) when the whole image
+#: is larger than a tile: GoogLeNet's norm2 (192 56x56 channels, 7 MB) ran 0.85x the time
+#: of whole images at batch 1 and 0.95x at batch 8 in blocks of 2 MB; 0.5-1 MB blocks were
+#: faster at batch 1 but slower at batch 8
+LRN_BLOCK_BYTES = 2 << 20
 
 
 def window_sum(a: np.ndarray, n: int, axis: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -89,32 +91,38 @@ class LRNLayer(Layer):
 
     def forward(self, bottom, top):
         """Images are independent: parts of the batch on threads, each in cache-sized tiles
-        (:data:`LRN_TILE_BYTES`): several images, or blocks of one image's channels. An
-        ACROSS_CHANNELS block squares and sums ``(n-1)/2`` channels more on either side."""
+        of whole images (:data:`protonet.parallel.TILE_BYTES`), or, for an image larger than
+        that, in blocks of its channels (:data:`LRN_BLOCK_BYTES`); an ACROSS_CHANNELS block
+        squares and sums ``(n-1)/2`` channels more on either side."""
         x, y = bottom[0].data, top[0].data
         self.scale = scale = reuse_buffer(getattr(self, "scale", None), x)
         C = x.shape[1]
         across = self.region == ACROSS_CHANNELS
         halo = (self.size - 1) // 2 if across else 0
         channel_bytes = 3 * x[:1, :1].nbytes  # the input, its squares and their sums
+        budget = (parallel.TILE_BYTES if C * channel_bytes <= parallel.TILE_BYTES
+                  else LRN_BLOCK_BYTES)
 
         def work(k, s):
-            for u, c in image_channel_tiles(s, C, channel_bytes, LRN_TILE_BYTES):
+            for u, c in image_channel_tiles(s, C, channel_bytes, budget):
                 # the block c widened by the halo, clipped to the image: (m, a1-a0, H, W)
                 a0, a1 = max(0, c.start - halo), min(C, c.stop + halo)
-                xa = x[u, a0:a1]
+                xa, sc = x[u, a0:a1], scale[u, c]
                 squares = buffer(self._buf, f"sq{k}", xa.shape, xa.dtype)
                 np.multiply(xa, xa, out=squares)
-                sums = buffer(self._buf, f"sum{k}", xa.shape, xa.dtype)
                 inner = (None if across else buffer(self._buf, f"rows{k}", xa.shape, xa.dtype))
-                self._window_sum(squares, sums, inner)
-                core = sums[:, c.start - a0:c.stop - a0]  # the sums of the block's own channels
-                sc = scale[u, c]
+                if (a0, a1) == (c.start, c.stop):  # no halo: the sums go straight to scale
+                    sums = sc
+                    self._window_sum(squares, sc, inner)
+                else:
+                    sums = buffer(self._buf, f"sum{k}", xa.shape, xa.dtype)
+                    self._window_sum(squares, sums, inner)
+                    sums = sums[:, c.start - a0:c.stop - a0]  # those of the block's channels
                 if across:
-                    np.multiply(core, self.alpha / self.size, out=sc)
+                    np.multiply(sums, self.alpha / self.size, out=sc)
                     sc += self.k
                 else:
-                    np.divide(core, float(self.size * self.size), out=sc)  # AVE pooling
+                    np.divide(sums, float(self.size * self.size), out=sc)  # AVE pooling
                     sc *= self.alpha
                     sc += 1.0
                 negative_power(sc, self.beta, y[u, c])
