@@ -16,13 +16,18 @@ class Blob:
     to a new shape replaces both arrays; reshaping to the same shape keeps
     them, so layers may hold views into them between passes.
 
+    A blob's data may be *deferred* (:meth:`defer`): computed by a function the first
+    time it is read, for a blob that no layer of the pass reads (the output of a
+    convolution that only a folded BatchNorm consumes, :mod:`protonet.fuse`).
+
     A loss-weighted top's diff holds its loss weight (:meth:`seed_diff`, as
     Caffe's ``Layer::SetLossWeights``): backward reads whatever the diff holds,
     so a gradient a user writes there is the one back-propagated. A diff
     allocated anew after a reshape starts from that weight again.
     """
 
-    __slots__ = ("_shape", "_dtype", "_data", "_diff", "_diff_seed", "name")
+    __slots__ = ("_shape", "_dtype", "_data", "_diff", "_diff_seed", "name", "_pending",
+                 "_watchers")
 
     def __init__(self, shape=(), dtype=np.float32, name: str = ""):
         self._dtype = np.dtype(dtype)
@@ -31,6 +36,8 @@ class Blob:
         self._diff = None
         self._diff_seed = 0.0
         self.name = name
+        self._pending = None  # computes the deferred data (see defer)
+        self._watchers = ()   # blobs whose deferred data is computed from this one
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
@@ -46,6 +53,7 @@ class Blob:
         self._shape = shape
         self._data = None
         self._diff = None
+        self._pending = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,9 +99,29 @@ class Blob:
     # -- arrays --------------------------------------------------------------
     @property
     def data(self) -> np.ndarray:
+        if self._pending is not None or self._watchers:
+            self._settle()
         if self._data is None:
             self._data = np.zeros(self._shape, self._dtype)
         return self._data
+
+    def defer(self, compute=None) -> None:
+        """Let ``compute()`` write this blob's data when it is next read (``None``: forget a
+        deferred computation, the data is about to be written)."""
+        self._pending = compute
+
+    def watch(self, blobs) -> None:
+        """Have reading this blob first compute the deferred data of ``blobs`` (those
+        computed from this blob's data: it may be about to change)."""
+        self._watchers = tuple(blobs)
+
+    def _settle(self) -> None:
+        for blob in self._watchers:
+            if blob._pending is not None:
+                blob._settle()
+        compute, self._pending = self._pending, None
+        if compute is not None:
+            compute()
 
     @data.setter
     def data(self, value) -> None:
@@ -102,6 +130,7 @@ class Blob:
             raise ProtonetError(
                 f"blob '{self.name}': cannot set data of shape {list(value.shape)} "
                 f"into blob of shape {list(self._shape)}")
+        self._pending = None
         self.data[...] = value
 
     @property

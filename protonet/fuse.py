@@ -8,7 +8,9 @@ tile of its output while the tile is still in cache (or to the weights it copies
 anyway), instead of the chain's layers each making passes over the whole blob.
 
 It is invisible: every blob that exists after a forward pass holds what Caffe
-computes (a blob that a chain layer writes out of place still gets its own values),
+computes (a blob that a chain layer writes out of place still gets its own values;
+the head's own top, when only the chain reads it, is *deferred*: computed by the
+head's plain forward when it is first read, :func:`defer_chain_heads`),
 the coefficients are computed on every pass from the layers' own blobs (so a change
 made through ``net.params`` takes effect on the next forward), a pass that starts or
 ends inside a chain runs it layer by layer, and backward through a chain first
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import parallel
 from .blob import Blob
 from .kernels.affine import Epilogue, batchnorm_coefficients, compose
 
@@ -47,18 +50,22 @@ class Chain:
         #: whether the members' forward state is missing (the last pass ran the chain
         #: fused): backward replays it first
         self.stale = False
-        self._cached = None  # (the parameters' bytes, their coefficients)
+        self._cached = None  # (the parameters' bytes, their coefficients, deferred ones)
+        #: the head's top if its data can be deferred (:meth:`deferrable`), else None
+        self.deferred = None
 
     @property
     def indices(self) -> range:
         return range(self.head, self.last + 1)
 
-    def epilogue(self) -> Epilogue:
+    def epilogue(self, defer: bool = False) -> Epilogue:
         """What the head writes: each blob of the chain that exists after the pass, in
         order, as an affine map of the one before (the first of the head's bias-free
         output; the head's top is among them only if no member writes it in place), and
         the ReLU. Coefficients in the head's dtype, from the layers' blobs as they are now
-        (recomputed whenever one of those small blobs holds other bytes than last time)."""
+        (recomputed whenever one of those small blobs holds other bytes than last time).
+        ``defer``: leave out the head's top (its data is deferred), the next blob then
+        being a map of the head's output."""
         net = self.net
         sources = [b.data for i in self.members for b in net.layers[i].blobs]
         head = net.layers[self.head]
@@ -66,9 +73,12 @@ class Chain:
             sources.append(head.blobs[1].data)
         key = b"".join(a.tobytes() for a in sources)
         if self._cached is None or self._cached[0] != key:
-            self._cached = key, self._coefficients()
+            self._cached = (key,) + self._coefficients()
         blobs, relu = self._outputs()
-        return Epilogue([(b.data, s, c) for b, (s, c) in zip(blobs, self._cached[1])], relu)
+        coefficients = self._cached[1]
+        if defer:
+            blobs, coefficients = blobs[1:], self._cached[2]
+        return Epilogue([(b.data, s, c) for b, (s, c) in zip(blobs, coefficients)], relu)
 
     def _outputs(self) -> tuple[list[Blob], bool]:
         """The blobs the chain leaves (see :meth:`epilogue`) and whether it ends in a ReLU."""
@@ -82,9 +92,10 @@ class Chain:
                 blob = top
         return blobs + [blob], net.layers[self.last].type == "ReLU"
 
-    def _coefficients(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _coefficients(self):
         """``(scale, shift)`` per blob of :meth:`_outputs`, in the head's dtype, ``None``
-        for a scale of exactly 1 or a shift of exactly 0."""
+        for a scale of exactly 1 or a shift of exactly 0; and the same without the first
+        blob (the second one's as a map of the head's output)."""
         net = self.net
         head = net.layers[self.head]
         dtype = head.blobs[0].data.dtype
@@ -104,9 +115,32 @@ class Chain:
             coef = compose(coef, layer_coefficients(layer))
             blob = top
         result.append(coef)
-        # an identity scale or shift is None: the kernels then skip its pass
-        return [(None if np.all(s == 1) else s.astype(dtype),
-                 None if not np.any(c) else c.astype(dtype)) for s, c in result]
+        deferred = [compose(result[0], result[1])] + result[2:] if len(result) > 1 else None
+
+        def cast(pairs):  # an identity scale or shift is None: the kernels skip its pass
+            return pairs and [(None if np.all(s == 1) else s.astype(dtype),
+                               None if not np.any(c) else c.astype(dtype)) for s, c in pairs]
+        return cast(result), cast(deferred)
+
+    def deferrable(self) -> bool:
+        """Whether the head's top can be computed only when read: a member writes the next
+        blob out of place, no other layer reads the head's top and no later layer writes
+        the head's bottom (so reading the top after the pass computes what the pass would
+        have written; reading the bottom or the head's parameters first computes it)."""
+        net = self.net
+        top, bottom = net.top_vecs[self.head][0], net.bottom_vecs[self.head][0]
+        if len(self._outputs()[0]) < 2 or self._outputs()[0][0] is not top:
+            return False
+        readers = [i for i, bottoms in enumerate(net.bottom_vecs) if any(b is top for b in bottoms)]
+        if readers != [self.members[0]] or top.name in getattr(net, "outputs", ()):
+            return False
+        return not any(b is bottom for tops in net.top_vecs[self.head:] for b in tops)
+
+    def compute_deferred(self) -> None:
+        """Write the head's top as the unfused pass would: the head's own forward."""
+        net, i = self.net, self.head
+        with parallel.blas_held(), parallel.blas_for(net.layers[i]):
+            net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
 
     def replay(self) -> None:
         """Run the chain layer by layer on scratch copies of its blobs, so that each
@@ -125,6 +159,31 @@ class Chain:
         for i in self.members:
             net.layers[i].forward([copy(net.bottom_vecs[i][0])], [copy(net.top_vecs[i][0])])
         self.stale = False
+
+
+def defer_chain_heads(net, chains: list[Chain]) -> None:
+    """Defer the top of every chain head that :meth:`Chain.deferrable` allows: the pass
+    writes the chain's later blobs only, and the head's top is computed when read. Reading
+    what it is computed from first computes it: the head's bottom (and, through Split
+    layers, the blob that bottom shares its memory with) and the head's parameters."""
+    watchers: dict[int, tuple] = {}
+    for chain in chains:
+        if not chain.deferrable():
+            continue
+        chain.deferred = net.top_vecs[chain.head][0]
+        sources = list(net.layers[chain.head].blobs)
+        blob = net.bottom_vecs[chain.head][0]
+        while blob is not None:
+            sources.append(blob)
+            producer = next((i for i, tops in enumerate(net.top_vecs)
+                             if any(t is blob for t in tops)), None)
+            split = producer is not None and net.layers[producer].type == "Split"
+            blob = net.bottom_vecs[producer][0] if split else None
+        for source in sources:
+            blobs = watchers.setdefault(id(source), (source, []))[1]
+            blobs.append(chain.deferred)
+    for source, blobs in watchers.values():
+        source.watch(blobs)
 
 
 def layer_coefficients(layer) -> tuple[np.ndarray, np.ndarray]:

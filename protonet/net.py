@@ -18,7 +18,7 @@ import numpy as np
 from . import parallel
 from .blob import Blob
 from .errors import ProtonetError
-from .fuse import find_chains
+from .fuse import defer_chain_heads, find_chains
 from .graph import filter_net, insert_splits
 from .layers import TEST, TRAIN, Layer, create_layer
 from .layers.python_layer import native_layer_type
@@ -137,6 +137,7 @@ class Net:
         self.fuse = self.phase == TEST if fuse is None else bool(fuse)
         self._chains = find_chains(self) if self.fuse else []
         self._chain_at = {i: c for c in self._chains for i in c.indices}
+        defer_chain_heads(self, self._chains)
         try:
             check_memory(self, memory_limit)
         except ProtonetError:
@@ -354,6 +355,7 @@ class Net:
         """Run layers ``start..end`` (inclusive); returns the weighted loss they produce."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        self._forget_deferred(start, end)
         with parallel.blas_held():
             i = start
             while i <= end:
@@ -380,16 +382,19 @@ class Net:
         blob of the chain; returns the index after it."""
         for i in chain.indices:
             self.layers[i].reshape(self.bottom_vecs[i], self.top_vecs[i])
-        head = self.layers[chain.head]
+        head, deferred = self.layers[chain.head], chain.deferred
         with parallel.blas_for(head):
             head.forward(self.bottom_vecs[chain.head], self.top_vecs[chain.head],
-                         epilogue=chain.epilogue())
+                         epilogue=chain.epilogue(defer=deferred is not None))
+        if deferred is not None:
+            deferred.defer(chain.compute_deferred)
         chain.stale = True
         return chain.last + 1
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
         start = len(self.layers) - 1 if start is None else start
+        self.settle_deferred()
         with parallel.blas_held():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
@@ -399,6 +404,21 @@ class Net:
                 if self.layer_need_backward[i]:
                     with parallel.blas_for(layer):
                         layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def _forget_deferred(self, start: int, end: int) -> None:
+        """Drop the deferred data of the chain heads among layers ``start..end``: the pass
+        about to run them writes their tops anew."""
+        for chain in self._chains:
+            if chain.deferred is not None and start <= chain.head <= end:
+                chain.deferred.defer(None)
+
+    def settle_deferred(self) -> None:
+        """Compute now every blob whose data the last pass deferred (:mod:`protonet.fuse`):
+        before the parameters or inputs it depends on change where its reading would not
+        notice (a solver's update through shared parameters, a backward pass)."""
+        for chain in self._chains:
+            if chain.deferred is not None and chain.deferred._pending is not None:
+                chain.deferred._settle()
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""
@@ -416,6 +436,9 @@ class Net:
         the tops of ``end`` when given -- plus the blobs named in ``blobs``. The arrays
         are the blobs' own memory (copy them to keep them past the next pass).
         """
+        first = self._layer_index(start) if start is not None else 0
+        last = self._layer_index(end) if end is not None else len(self.layers) - 1
+        self._forget_deferred(first, last)  # (before the inputs change what they are from)
         for name, value in inputs.items():
             if name not in self.blobs:
                 raise ProtonetError(f"forward: '{name}' is not a blob of this net "
@@ -424,8 +447,6 @@ class Net:
             if value.shape != self.blobs[name].shape:
                 self.blobs[name].reshape(value.shape)
             self.blobs[name].data[...] = value
-        first = self._layer_index(start) if start is not None else 0
-        last = self._layer_index(end) if end is not None else len(self.layers) - 1
         self.forward_from_to(first, last)
         names = list(self.outputs if end is None else self.layer_tops[last])
         names += [b for b in (blobs or []) if b not in names]

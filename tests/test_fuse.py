@@ -155,6 +155,96 @@ def test_a_pass_that_starts_or_ends_inside_a_chain_runs_it_layer_by_layer():
     assert_blobs_close(fused, plain)
 
 
+def assert_close(x, y, rtol=1e-5):
+    assert x.shape == y.shape
+    assert np.abs(x - y).max() <= rtol * max(float(np.abs(y).max()), 1e-30)
+
+
+def deferred_names(net):
+    return sorted(net.layer_names[c.head] for c in net._chains if c.deferred is not None)
+
+
+def test_a_head_top_that_only_its_chain_reads_is_computed_when_read():
+    # c2 and c5 write a blob that only the next layer (bn2, s5, folded) reads: the pass
+    # writes c2n and c5s only, and c2, c5 are the head's own forward once read
+    fused, plain = make(), make(fuse=False)
+    assert deferred_names(fused) == ["c2", "c5"]
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    assert fused.blobs["c2"]._pending is not None and fused.blobs["c5"]._pending is not None
+    assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
+    assert fused.blobs["c2"]._pending is None
+    assert_blobs_close(fused, plain)
+    # a second pass with another input: read again, the new values
+    x = inputs()["data"][::-1].copy()
+    fused.forward(data=x)
+    plain.forward(data=x)
+    assert_blobs_close(fused, plain)
+
+
+@pytest.mark.parametrize("change", ["weights", "bias", "bottom", "bottom_root", "reshape"])
+def test_a_deferred_blob_keeps_what_the_pass_computed(change):
+    # Caffe's c5 holds what the pass computed from its bottom and parameters; changing
+    # those (through the blobs) before reading c5 computes it first
+    text = NET.replace('bottom: "c4" top: "c5"', 'bottom: "c4b" top: "c5"').replace(
+        'layer { name: "c5"',
+        'layer { name: "fork" type: "Split" bottom: "c4" top: "c4b" top: "c4c" }\n'
+        'layer { name: "c5"', 1)
+    text += 'layer { name: "other" type: "ReLU" bottom: "c4c" top: "other" }\n'
+    fused, plain = make(text=text), make(fuse=False, text=text)
+    assert "c5" in deferred_names(fused)
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    expected = plain.blobs["c5"].data.copy()
+    if change == "weights":
+        fused.params["c5"][0].data[...] *= 2
+    elif change == "bias":
+        fused.params["c5"][1].data[...] += 1
+    elif change == "bottom":
+        fused.blobs["c4b"].data[...] = 0
+    elif change == "bottom_root":  # the blob the Split's top shares its memory with
+        fused.blobs["c4"].data[...] = 0
+    else:
+        fused.blobs["c5"].reshape((1, 8, 12, 12))
+        expected = np.zeros((1, 8, 12, 12), np.float32)  # a reshaped blob starts anew
+    assert_close(fused.blobs["c5"].data, expected)
+
+
+def test_what_is_not_deferred():
+    # a head top that another layer reads too (c2 here), or that its chain overwrites in
+    # place (c1, c3, c4), or any with fuse=False
+    read_twice = NET + 'layer { name: "peek" type: "ReLU" bottom: "c2" top: "peek" }\n'
+    assert deferred_names(make(text=read_twice)) == ["c5"]
+    assert deferred_names(make(fuse=False)) == []
+
+
+def test_backward_and_settle_compute_the_deferred_blobs():
+    fused, plain = make(), make(fuse=False)
+    fused.forward(**inputs())
+    plain.forward(**inputs())
+    fused.settle_deferred()
+    assert fused.blobs["c2"]._pending is None and fused.blobs["c5"]._pending is None
+    assert fused.blobs["c2"]._data is not None
+    assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
+    fused.forward(**inputs())
+    fused.backward(ip=np.ones((2, 10), np.float32))
+    assert fused.blobs["c5"]._pending is None
+    assert_close(fused.blobs["c5"].data, plain.blobs["c5"].data)
+
+
+def test_passes_that_skip_a_deferred_head_leave_its_blob_alone():
+    fused, plain = make(), make(fuse=False)
+    for net in (fused, plain):
+        net.forward(**inputs())
+        net.forward(start="c3")  # after c2's chain: c2 still the first pass's
+        net.forward(end="c1")    # before it
+    assert_blobs_close(fused, plain)
+    for net in (fused, plain):  # a pass that ends inside c2's chain writes c2 unfused
+        net.forward(data=inputs()["data"] * 2, end="bn2")
+    assert fused.blobs["c2"]._pending is None
+    assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
+
+
 def test_fuse_false_and_train_phase_run_layer_by_layer():
     plain = make(fuse=False)
     plain.forward(**inputs())

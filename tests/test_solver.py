@@ -174,6 +174,28 @@ def test_test_nets_use_the_train_nets_weights():
             assert np.shares_memory(tb.data, sb.data)
 
 
+def test_a_test_pass_leaves_no_deferred_blob_for_the_updates_to_change():
+    # in the test net, conv1's output is only read by a folded BatchNorm that writes
+    # another blob: its data is deferred (protonet.fuse), and must be computed before
+    # training changes the weights the two nets share
+    net = TINY.replace('layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }',
+                       'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "bn1" }\n'
+                       'layer { name: "relu1" type: "ReLU" bottom: "bn1" top: "bn1" }')
+    net = net.replace('bottom: "conv1" top: "ip"', 'bottom: "bn1" top: "ip"')
+    solver = solver_from(f"net_param {{ {net} }} {BASE} random_seed: 3 test_iter: 1 "
+                         "test_interval: 10 max_iter: 1 test_initialization: false")
+    test_net = solver.test_nets[0]
+    assert [c.deferred.name for c in test_net._chains if c.deferred is not None] == ["conv1"]
+    solver.test(0)
+    conv1 = test_net.blobs["conv1"]
+    assert conv1._pending is None
+    seen = conv1.data.copy()
+    weights = solver.net.params["conv1"][0].data.copy()
+    solver.step(1)
+    assert not np.array_equal(solver.net.params["conv1"][0].data, weights)
+    np.testing.assert_array_equal(conv1.data, seen)
+
+
 def test_pycaffe_surface():
     solver = tiny("max_iter: 5")
     assert solver.iter == 0 and solver.test_nets == []

@@ -526,6 +526,7 @@ class Solver(SolverCallbacks):
             log.info("    Test net output #%d: %s = %s%s", i, name, g(mean), suffix, extra=BRIEF)
             result.append((name, float(mean)))
         self.test_scores[test_net_id] = result
+        net.settle_deferred()  # its parameters are the training net's, about to change
         return result
 
     # -- debug_info -----------------------------------------------------------------------------
