@@ -100,7 +100,7 @@ class Blob:
     @property
     def data(self) -> np.ndarray:
         if self._pending is not None or self._watchers:
-            self._settle()
+            self.settle()
         if self._data is None:
             self._data = np.zeros(self._shape, self._dtype)
         return self._data
@@ -115,10 +115,16 @@ class Blob:
         computed from this blob's data: it may be about to change)."""
         self._watchers = tuple(blobs)
 
-    def _settle(self) -> None:
+    @property
+    def is_deferred(self) -> bool:
+        """Whether the data is yet to be computed (on the next read, or :meth:`settle`)."""
+        return self._pending is not None
+
+    def settle(self) -> None:
+        """Compute the deferred data of the blobs that watch this one, then this one's."""
         for blob in self._watchers:
             if blob._pending is not None:
-                blob._settle()
+                blob.settle()
         compute, self._pending = self._pending, None
         if compute is not None:
             compute()

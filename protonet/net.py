@@ -417,8 +417,8 @@ class Net:
         before the parameters or inputs it depends on change where its reading would not
         notice (a solver's update through shared parameters, a backward pass)."""
         for chain in self._chains:
-            if chain.deferred is not None and chain.deferred._pending is not None:
-                chain.deferred._settle()
+            if chain.deferred is not None:
+                chain.deferred.settle()
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""

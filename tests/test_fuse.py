@@ -171,9 +171,9 @@ def test_a_head_top_that_only_its_chain_reads_is_computed_when_read():
     assert deferred_names(fused) == ["c2", "c5"]
     fused.forward(**inputs())
     plain.forward(**inputs())
-    assert fused.blobs["c2"]._pending is not None and fused.blobs["c5"]._pending is not None
+    assert fused.blobs["c2"].is_deferred and fused.blobs["c5"].is_deferred
     assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
-    assert fused.blobs["c2"]._pending is None
+    assert not fused.blobs["c2"].is_deferred
     assert_blobs_close(fused, plain)
     # a second pass with another input: read again, the new values
     x = inputs()["data"][::-1].copy()
@@ -223,12 +223,12 @@ def test_backward_and_settle_compute_the_deferred_blobs():
     fused.forward(**inputs())
     plain.forward(**inputs())
     fused.settle_deferred()
-    assert fused.blobs["c2"]._pending is None and fused.blobs["c5"]._pending is None
+    assert not fused.blobs["c2"].is_deferred and not fused.blobs["c5"].is_deferred
     assert fused.blobs["c2"]._data is not None
     assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
     fused.forward(**inputs())
     fused.backward(ip=np.ones((2, 10), np.float32))
-    assert fused.blobs["c5"]._pending is None
+    assert not fused.blobs["c5"].is_deferred
     assert_close(fused.blobs["c5"].data, plain.blobs["c5"].data)
 
 
@@ -241,7 +241,7 @@ def test_passes_that_skip_a_deferred_head_leave_its_blob_alone():
     assert_blobs_close(fused, plain)
     for net in (fused, plain):  # a pass that ends inside c2's chain writes c2 unfused
         net.forward(data=inputs()["data"] * 2, end="bn2")
-    assert fused.blobs["c2"]._pending is None
+    assert not fused.blobs["c2"].is_deferred
     assert_close(fused.blobs["c2"].data, plain.blobs["c2"].data)
 
 

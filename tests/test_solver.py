@@ -188,7 +188,7 @@ def test_a_test_pass_leaves_no_deferred_blob_for_the_updates_to_change():
     assert [c.deferred.name for c in test_net._chains if c.deferred is not None] == ["conv1"]
     solver.test(0)
     conv1 = test_net.blobs["conv1"]
-    assert conv1._pending is None
+    assert not conv1.is_deferred
     seen = conv1.data.copy()
     weights = solver.net.params["conv1"][0].data.copy()
     solver.step(1)
