@@ -165,3 +165,44 @@ def test_corpus_net_builds_and_runs(row):
         learned = [b for b, need in zip(net.learnable_params, net.param_specs)]
         assert all(np.all(np.isfinite(b.diff)) for b in learned)
         assert any(np.any(b.diff != 0) for b in learned)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
+def test_corpus_net_folded_matches_unfolded(row):
+    """The TEST form with BatchNorm/Scale/Bias folded (protonet.fuse, deferred convolution
+    tops included) leaves every blob within 1e-5 of its scale of the layer-by-layer net."""
+    if row["bvlc_loadable"].startswith("needs Python") or \
+            row["local"].split("/", 1)[1] in BROKEN_TRAIN:
+        pytest.skip("does not run in protonet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        param = with_dummy_data(read_net(str(ROOT.parent / row["local"])))
+    phases, stages = declared(param)
+    if protonet.TEST not in phases:
+        pytest.skip("no TEST form")
+    fused = build(param, protonet.TEST, stages, init_weights=False)
+    members = {fused.layers[i].type for c in fused._chains for i in c.members}
+    if not members - {"ReLU"}:
+        pytest.skip("folds nothing but ReLUs, which the kernels apply as the layer does")
+    plain = build(param, protonet.TEST, stages, init_weights=False, fuse=False)
+    rng = np.random.default_rng(0)
+    randomize(plain, rng)
+    for layer in plain.layers:  # statistics that fold into something other than 1 and 0
+        if layer.type == "BatchNorm":
+            c = layer.blobs[0].count
+            layer.blobs[0].data[...] = rng.normal(0, 0.2, c)
+            layer.blobs[1].data[...] = rng.uniform(0.5, 1.5, c)
+    for mine, theirs in zip(fused.layers, plain.layers):
+        for a, b in zip(mine.blobs, theirs.blobs):
+            a.data[...] = b.data
+    plain.forward_from_to()
+    data = [i for i, layer in enumerate(plain.layers) if layer.type in ("DummyData", "Input")]
+    for i in data:  # the same inputs
+        for mine, theirs in zip(fused.top_vecs[i], plain.top_vecs[i]):
+            mine.data[...] = theirs.data
+    fused.forward_from_to(max(data) + 1)
+    for name, blob in plain.blobs.items():
+        expected, got = blob.data, fused.blobs[name].data
+        scale = max(float(np.abs(expected).max()), 1e-30)
+        assert np.abs(got - expected).max() <= 1e-5 * scale, name
