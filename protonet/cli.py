@@ -62,7 +62,7 @@ def add_fuse_arg(p):
 
 
 def _memory_limit(args):
-    from .net import parse_bytes
+    from .memory import parse_bytes
     return None if args.memory_limit is None else parse_bytes(args.memory_limit)
 
 
