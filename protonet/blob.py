@@ -7,6 +7,20 @@ import numpy as np
 
 from .errors import ProtonetError
 
+#: net passes running now (:func:`passing`): a pass reads and writes blobs in an order that
+#: cannot disturb deferred data, so their watchers wait until it is over
+_passes = [0]
+
+
+class passing:
+    """``with passing():`` marks a net pass (re-entrant)."""
+
+    def __enter__(self):
+        _passes[0] += 1
+
+    def __exit__(self, *exc):
+        _passes[0] -= 1
+
 
 class Blob:
     """Holds ``data`` (values) and ``diff`` (gradients) of one shape and dtype.
@@ -99,7 +113,7 @@ class Blob:
     # -- arrays --------------------------------------------------------------
     @property
     def data(self) -> np.ndarray:
-        if self._pending is not None or self._watchers:
+        if self._pending is not None or (self._watchers and not _passes[0]):
             self.settle()
         if self._data is None:
             self._data = np.zeros(self._shape, self._dtype)
@@ -111,9 +125,9 @@ class Blob:
         self._pending = compute
 
     def watch(self, blobs) -> None:
-        """Have reading this blob first compute the deferred data of ``blobs`` (those
-        computed from this blob's data: it may be about to change)."""
-        self._watchers = tuple(blobs)
+        """Have reading this blob (outside a net pass) first compute the deferred data of
+        ``blobs``, which is computed from this blob's data: it may be about to change."""
+        self._watchers += tuple(b for b in blobs if b not in self._watchers)
 
     @property
     def is_deferred(self) -> bool:

@@ -8,14 +8,24 @@ tile of its output while the tile is still in cache (or to the weights it copies
 anyway), instead of the chain's layers each making passes over the whole blob.
 
 It is invisible: every blob that exists after a forward pass holds what Caffe
-computes (a blob that a chain layer writes out of place still gets its own values;
-the head's own top, when only the chain reads it, is *deferred*: computed by the
-head's plain forward when it is first read, :func:`defer_chain_heads`),
+computes (a blob that a chain layer writes out of place still gets its own values),
 the coefficients are computed on every pass from the layers' own blobs (so a change
 made through ``net.params`` takes effect on the next forward), a pass that starts or
 ends inside a chain runs it layer by layer, and backward through a chain first
 replays it layer by layer on scratch blobs, so each layer holds the state its
 backward reads. ``Net(..., fuse=False)`` turns it off.
+
+Two blobs that nothing else reads are *deferred* (:meth:`protonet.blob.Blob.defer`):
+computed when first read (a backward pass reads those it needs), or before what they are
+computed from is read or written through its blob outside a pass, or at the end of a
+solver's test pass (:meth:`protonet.net.Net.settle_deferred`):
+
+* the head's own top, when a member writes the next blob out of place (MobileNet v2's
+  ``conv -> BatchNorm -> new blob``): the head's plain forward (:func:`defer_chain_heads`);
+* a chain's last blob that only a Concat (along channels) reads, when every bottom of
+  that Concat is such a blob (GoogLeNet's and SqueezeNet's branches): the chains write
+  straight into the Concat's top, whose copy the pass skips, and each blob is its
+  channels of that top (:func:`route_into_concats`).
 
 A chain is found where (:func:`find_chains`):
 
@@ -53,19 +63,26 @@ class Chain:
         self._cached = None  # (the parameters' bytes, their coefficients, deferred ones)
         #: the head's top if its data can be deferred (:meth:`deferrable`), else None
         self.deferred = None
+        #: ``(concat layer, first channel)`` when the chain writes its last blob straight
+        #: into a Concat's top (:func:`route_into_concats`); that blob is then deferred
+        self.concat = None
+        #: ids of the blobs the deferred ones are computed from (a pass that writes one
+        #: computes them first)
+        self.sources: set[int] = set()
 
     @property
     def indices(self) -> range:
         return range(self.head, self.last + 1)
 
-    def epilogue(self, defer: bool = False) -> Epilogue:
+    def epilogue(self, defer: bool = False, into: np.ndarray | None = None) -> Epilogue:
         """What the head writes: each blob of the chain that exists after the pass, in
         order, as an affine map of the one before (the first of the head's bias-free
         output; the head's top is among them only if no member writes it in place), and
         the ReLU. Coefficients in the head's dtype, from the layers' blobs as they are now
         (recomputed whenever one of those small blobs holds other bytes than last time).
         ``defer``: leave out the head's top (its data is deferred), the next blob then
-        being a map of the head's output."""
+        being a map of the head's output. ``into``: where the last blob's values go instead
+        of its own data (a view of a Concat's top)."""
         net = self.net
         sources = [b.data for i in self.members for b in net.layers[i].blobs]
         head = net.layers[self.head]
@@ -78,7 +95,23 @@ class Chain:
         coefficients = self._cached[1]
         if defer:
             blobs, coefficients = blobs[1:], self._cached[2]
-        return Epilogue([(b.data, s, c) for b, (s, c) in zip(blobs, coefficients)], relu)
+        arrays = [b.data for b in blobs[:-1]] + [blobs[-1].data if into is None else into]
+        return Epilogue([(a, s, c) for a, (s, c) in zip(arrays, coefficients)], relu)
+
+    @property
+    def final(self) -> Blob:
+        """The last blob the chain leaves."""
+        return self._outputs()[0][-1]
+
+    def concat_view(self) -> np.ndarray:
+        """Where the routed chain's last blob lies in its Concat's top: ``(N, C, ...)``."""
+        j, start = self.concat
+        width = self.final.shape[1]
+        return self.net.top_vecs[j][0].data[:, start:start + width]
+
+    def compute_routed(self) -> None:
+        """Write the routed chain's last blob: its channels of the Concat's top."""
+        self.final.data[...] = self.concat_view()
 
     def _outputs(self) -> tuple[list[Blob], bool]:
         """The blobs the chain leaves (see :meth:`epilogue`) and whether it ends in a ReLU."""
@@ -179,11 +212,49 @@ def defer_chain_heads(net, chains: list[Chain]) -> None:
                              if any(t is blob for t in tops)), None)
             split = producer is not None and net.layers[producer].type == "Split"
             blob = net.bottom_vecs[producer][0] if split else None
+        chain.sources.update(id(b) for b in sources)
         for source in sources:
             blobs = watchers.setdefault(id(source), (source, []))[1]
             blobs.append(chain.deferred)
     for source, blobs in watchers.values():
         source.watch(blobs)
+
+
+def route_into_concats(net, chains: list[Chain]) -> dict[int, list[Chain]]:
+    """Let chains write their last blob straight into the top of the Concat that joins them
+    (``{concat layer: its chains}``): where every bottom of a Concat along the channel axis
+    is the last blob of a convolution's chain, read by nothing but the Concat, and no later
+    layer writes the Concat's top. The pass then skips the Concat's copy; each such blob
+    is deferred, copied out of the top when read (reading or writing the top through its
+    blob outside a pass copies them first)."""
+    final = {}
+    for chain in chains:
+        if net.layers[chain.head].type == "Convolution":
+            final[id(chain.final)] = chain
+    routes = {}
+    for j, layer in enumerate(net.layers):
+        top = net.top_vecs[j][0] if net.top_vecs[j] else None
+        if layer.type != "Concat" or getattr(layer, "axis", None) != 1 or top.num_axes < 2:
+            continue
+        bottoms = net.bottom_vecs[j]
+        routed = [final.get(id(b)) for b in bottoms]
+        if any(c is None for c in routed) or len({id(b) for b in bottoms}) != len(bottoms):
+            continue
+        readers = [[i for i, bs in enumerate(net.bottom_vecs)  # besides the chain's own
+                    if i not in chain.indices and any(x is b for x in bs)]
+                   for b, chain in zip(bottoms, routed)]
+        if any(r != [j] for r in readers) or any(b.name in net.outputs for b in bottoms):
+            continue
+        if any(t is top for tops in net.top_vecs[j + 1:] for t in tops):
+            continue
+        start = 0
+        for b, chain in zip(bottoms, routed):
+            chain.concat = (j, start)
+            chain.sources.add(id(top))
+            start += b.shape[1]
+        routes[j] = routed
+        top.watch(bottoms)
+    return routes
 
 
 def layer_coefficients(layer) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from . import parallel
-from .blob import Blob
+from .blob import Blob, passing
 from .errors import ProtonetError
-from .fuse import defer_chain_heads, find_chains
+from .fuse import defer_chain_heads, find_chains, route_into_concats
 from .graph import filter_net, insert_splits
 from .layers import TEST, TRAIN, Layer, create_layer
 from .layers.python_layer import native_layer_type
@@ -139,6 +139,7 @@ class Net:
         self._chains = find_chains(self) if self.fuse else []
         self._chain_at = {i: c for c in self._chains for i in c.indices}
         defer_chain_heads(self, self._chains)
+        self._routes = route_into_concats(self, self._chains)
         try:
             check_memory(self, memory_limit)
         except ProtonetError:
@@ -357,17 +358,24 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         self._forget_deferred(start, end)
-        with parallel.blas_held():
+        routed: dict[int, int] = {}  # Concat layer -> chains that wrote into its top
+        with parallel.blas_held(), passing():
             i = start
             while i <= end:
                 chain = self._chain_at.get(i)
                 if chain is not None and i == chain.head and chain.last <= end:
-                    i = self._forward_chain(chain)
+                    into = chain.concat is not None and chain.concat[0] <= end
+                    i = self._forward_chain(chain, into)
+                    if into:
+                        routed[chain.concat[0]] = routed.get(chain.concat[0], 0) + 1
                     continue
                 if chain is not None and i == chain.members[0]:
                     chain.stale = False  # its members run themselves
                 layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
                 layer.reshape(bottom, top)
+                if routed.get(i, -1) == len(self._routes.get(i, ())):
+                    i += 1  # every bottom already wrote its part of this Concat's top
+                    continue
                 with parallel.blas_for(layer):
                     layer.forward(bottom, top)
                 for blob, weight in self._reseed[i]:
@@ -378,24 +386,31 @@ class Net:
                 i += 1
         return loss
 
-    def _forward_chain(self, chain) -> int:
+    def _forward_chain(self, chain, into_concat: bool = False) -> int:
         """Run a folded chain (:mod:`protonet.fuse`) as its head layer alone, writing every
-        blob of the chain; returns the index after it."""
+        blob of the chain (its last one into its Concat's top if ``into_concat``); returns
+        the index after it."""
         for i in chain.indices:
             self.layers[i].reshape(self.bottom_vecs[i], self.top_vecs[i])
+        if into_concat:  # the Concat's top shaped for this pass (its reshape checks the rest)
+            top, shape = self.top_vecs[chain.concat[0]][0], chain.final.shape
+            top.reshape(shape[:1] + top.shape[1:2] + shape[2:])
         head, deferred = self.layers[chain.head], chain.deferred
         with parallel.blas_for(head):
             head.forward(self.bottom_vecs[chain.head], self.top_vecs[chain.head],
-                         epilogue=chain.epilogue(defer=deferred is not None))
+                         epilogue=chain.epilogue(defer=deferred is not None,
+                                                 into=chain.concat_view() if into_concat
+                                                 else None))
         if deferred is not None:
             deferred.defer(chain.compute_deferred)
+        if into_concat:
+            chain.final.defer(chain.compute_routed)
         chain.stale = True
         return chain.last + 1
 
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
         start = len(self.layers) - 1 if start is None else start
-        self.settle_deferred()
         with parallel.blas_held():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
@@ -407,19 +422,34 @@ class Net:
                         layer.backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
 
     def _forget_deferred(self, start: int, end: int) -> None:
-        """Drop the deferred data of the chain heads among layers ``start..end``: the pass
-        about to run them writes their tops anew."""
+        """Before a pass over layers ``start..end``: drop the deferred data of the chains
+        it runs (it writes their blobs anew), and compute now that of the others whose
+        sources it writes."""
+        written = None
         for chain in self._chains:
-            if chain.deferred is not None and start <= chain.head <= end:
-                chain.deferred.defer(None)
+            blobs = [b for b in (chain.deferred, chain.final if chain.concat else None)
+                     if b is not None and b.is_deferred]
+            if not blobs:
+                continue
+            if start <= chain.head <= end:
+                for blob in blobs:
+                    blob.defer(None)
+                continue
+            if written is None:
+                written = {id(t) for tops in self.top_vecs[start:end + 1] for t in tops}
+            if chain.sources & written:
+                for blob in blobs:
+                    blob.settle()
 
     def settle_deferred(self) -> None:
         """Compute now every blob whose data the last pass deferred (:mod:`protonet.fuse`):
         before the parameters or inputs it depends on change where its reading would not
-        notice (a solver's update through shared parameters, a backward pass)."""
+        notice (a solver's update through parameters another net shares)."""
         for chain in self._chains:
             if chain.deferred is not None:
                 chain.deferred.settle()
+            if chain.concat is not None:
+                chain.final.settle()
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""

@@ -317,3 +317,93 @@ def test_cli_no_fuse_flag(tmp_path, capsys):
                      "--no-fuse"]) == 0
     out = capsys.readouterr().out
     assert out.count("Average Forward pass") == 2
+
+
+#: three branches whose chains end in a Concat: 1x1, 3x3 with BatchNorm (channels-last at
+#: batch 2), depthwise; a convolution after it reads the joined blob
+JOINED = ('name: "branches" force_backward: true\n'
+          'layer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 2 dim: 3 dim: 9 dim: 8 } } }\n'
+          + conv("stem", "data", 16) + relu("rs", "stem")
+          + conv("a", "stem", 5, kernel=1, pad=0) + relu("ra", "a")
+          + conv("b", "stem", 6) + bn("bnb", "b") + scale("sb", "b") + relu("rb", "b")
+          + conv("d", "stem", 16, group=16) + relu("rd", "d")
+          + 'layer { name: "join" type: "Concat" bottom: "a" bottom: "b" bottom: "d" '
+            'top: "join" }\n')
+BRANCHES = JOINED + conv("after", "join", 4)
+
+
+def branch_inputs(batch=2):
+    return {"data": np.random.default_rng(4).standard_normal((batch, 3, 9, 8)).astype(np.float32)}
+
+
+@pytest.fixture(params=[False, True], ids=["whole", "split"])
+def split(request, monkeypatch):
+    """Work kept whole, or two threads each writing its images' part of a top."""
+    from protonet import parallel
+    if request.param:
+        monkeypatch.setattr(parallel, "MIN_ITEMS", 1)
+        parallel.set_num_threads(2)
+    yield request.param
+    if request.param:
+        parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_chains_write_straight_into_the_concat_that_joins_them(batch, split):
+    fused, plain = make(text=BRANCHES), make(fuse=False, text=BRANCHES)
+    assert {fused.layer_names[j]: [fused.layer_names[c.head] for c in chains]
+            for j, chains in fused._routes.items()} == {"join": ["a", "b", "d"]}
+    fused.forward(**branch_inputs(batch))
+    plain.forward(**branch_inputs(batch))
+    assert all(fused.blobs[n].is_deferred for n in ("a", "b", "d"))
+    assert_blobs_close(fused, plain)
+    assert not any(fused.blobs[n].is_deferred for n in ("a", "b", "d"))
+    top = np.random.default_rng(5).standard_normal((batch, 4, 9, 8)).astype(np.float32)
+    for net in (fused, plain):
+        net.clear_param_diffs()
+        net.backward(after=top)
+    assert_blobs_close(fused, plain, "diff", rtol=1e-4)
+
+
+def test_a_routed_blob_keeps_its_values_when_the_concat_top_changes():
+    fused, plain = make(text=BRANCHES), make(fuse=False, text=BRANCHES)
+    fused.forward(**branch_inputs())
+    plain.forward(**branch_inputs())
+    fused.blobs["join"].data[...] = 0  # copies a, b and d out first
+    for name in ("a", "b", "d"):
+        assert_close(fused.blobs[name].data, plain.blobs[name].data)
+
+
+def test_partial_passes_through_routed_chains():
+    fused, plain = make(text=BRANCHES), make(fuse=False, text=BRANCHES)
+    for net in (fused, plain):
+        net.forward(**branch_inputs())
+        net.forward(data=branch_inputs()["data"] * 2, end="rb")  # a and b anew, the join not
+    assert_blobs_close(fused, plain)
+    for net in (fused, plain):
+        net.forward(start="d")  # d anew, then the join of the new a, b and d
+    assert_blobs_close(fused, plain)
+    for net in (fused, plain):
+        net.forward(start="join")
+    assert_blobs_close(fused, plain)
+
+
+def test_what_is_not_routed():
+    peek = BRANCHES + 'layer { name: "peek" type: "ReLU" bottom: "a" top: "peek" }\n'
+    assert make(text=peek)._routes == {}
+    in_place = JOINED + relu("rj", "join") + conv("after", "join", 4)
+    assert make(text=in_place)._routes == {}
+    assert make(fuse=False, text=BRANCHES)._routes == {}
+
+
+def test_timing_layer_by_layer_computes_nothing_deferred(monkeypatch):
+    # protonet time runs each pass as one call per layer or chain: those partial passes
+    # must not compute the blobs the last pass deferred (it writes them anew)
+    from protonet import fuse
+    from protonet.tools.timing import time_net
+    net = make(text=NET.replace("force_backward: true", ""))
+    calls = []
+    monkeypatch.setattr(fuse.Chain, "compute_deferred", lambda self: calls.append(self))
+    time_net(net, iterations=3, warmup=1)
+    assert calls == [] and net.blobs["c2"].is_deferred
