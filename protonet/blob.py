@@ -41,7 +41,7 @@ class Blob:
     """
 
     __slots__ = ("_shape", "_dtype", "_data", "_diff", "_diff_seed", "name", "_pending",
-                 "_watchers")
+                 "_watchers", "_on_read")
 
     def __init__(self, shape=(), dtype=np.float32, name: str = ""):
         self._dtype = np.dtype(dtype)
@@ -52,6 +52,7 @@ class Blob:
         self.name = name
         self._pending = None  # computes the deferred data (see defer)
         self._watchers = ()   # blobs whose deferred data is computed from this one
+        self._on_read = None  # called once, the first time the data is read outside a pass
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------------
@@ -113,6 +114,9 @@ class Blob:
     # -- arrays --------------------------------------------------------------
     @property
     def data(self) -> np.ndarray:
+        if self._on_read is not None and not _passes[0]:
+            hook, self._on_read = self._on_read, None
+            hook()
         if self._pending is not None or (self._watchers and not _passes[0]):
             self.settle()
         if self._data is None:
@@ -123,6 +127,12 @@ class Blob:
         """Let ``compute()`` write this blob's data when it is next read (``None``: forget a
         deferred computation, the data is about to be written)."""
         self._pending = compute
+
+    def on_first_read(self, hook) -> None:
+        """Call ``hook()`` the first time the data is read outside a net pass (a deferred
+        blob that someone looks at is written by every pass from then on: the reader may
+        keep the array)."""
+        self._on_read = hook
 
     def watch(self, blobs) -> None:
         """Have reading this blob (outside a net pass) first compute the deferred data of

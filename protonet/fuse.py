@@ -16,9 +16,11 @@ replays it layer by layer on scratch blobs, so each layer holds the state its
 backward reads. ``Net(..., fuse=False)`` turns it off.
 
 Two blobs that nothing else reads are *deferred* (:meth:`protonet.blob.Blob.defer`):
-computed when first read (a backward pass reads those it needs), or before what they are
+computed when read (a backward pass reads those it needs), or before what they are
 computed from is read or written through its blob outside a pass, or at the end of a
-solver's test pass (:meth:`protonet.net.Net.settle_deferred`):
+solver's test pass (:meth:`protonet.net.Net.settle_deferred`). Once read from outside a
+pass, such a blob is written by every pass again (its reader may keep the array, as
+pycaffe code does), so deferral only saves the work for blobs nobody looks at:
 
 * the head's own top, when a member writes the next blob out of place (MobileNet v2's
   ``conv -> BatchNorm -> new blob``): the head's plain forward (:func:`defer_chain_heads`);
@@ -169,6 +171,13 @@ class Chain:
             return False
         return not any(b is bottom for tops in net.top_vecs[self.head:] for b in tops)
 
+    def keep_head_top(self) -> None:
+        """Stop deferring the head's top (someone read it): compute it, and let every pass
+        write it from now on."""
+        if self.deferred is not None:
+            blob, self.deferred = self.deferred, None
+            blob.settle()
+
     def compute_deferred(self) -> None:
         """Write the head's top as the unfused pass would: the head's own forward."""
         net, i = self.net, self.head
@@ -204,6 +213,7 @@ def defer_chain_heads(net, chains: list[Chain]) -> None:
         if not chain.deferrable():
             continue
         chain.deferred = net.top_vecs[chain.head][0]
+        chain.deferred.on_first_read(chain.keep_head_top)
         sources = list(net.layers[chain.head].blobs)
         blob = net.bottom_vecs[chain.head][0]
         while blob is not None:
@@ -251,10 +261,20 @@ def route_into_concats(net, chains: list[Chain]) -> dict[int, list[Chain]]:
         for b, chain in zip(bottoms, routed):
             chain.concat = (j, start)
             chain.sources.add(id(top))
+            b.on_first_read(lambda j=j: unroute(routes, j))
             start += b.shape[1]
         routes[j] = routed
         top.watch(bottoms)
     return routes
+
+
+def unroute(routes: dict[int, list[Chain]], j: int) -> None:
+    """Stop writing Concat ``j``'s bottoms into its top: each is written by its own chain
+    again, and the Concat copies them (the deferred ones are computed first)."""
+    for chain in routes.pop(j, ()):
+        chain.final.settle()
+        chain.final.on_first_read(None)
+        chain.concat = None
 
 
 def layer_coefficients(layer) -> tuple[np.ndarray, np.ndarray]:

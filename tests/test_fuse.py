@@ -407,3 +407,21 @@ def test_timing_layer_by_layer_computes_nothing_deferred(monkeypatch):
     monkeypatch.setattr(fuse.Chain, "compute_deferred", lambda self: calls.append(self))
     time_net(net, iterations=3, warmup=1)
     assert calls == [] and net.blobs["c2"].is_deferred
+
+
+@pytest.mark.parametrize("text,name", [(NET, "c2"), (BRANCHES, "a"), (BRANCHES, "join")],
+                         ids=["head_top", "branch", "concat_top"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_array_held_across_passes_sees_every_pass(text, name, when):
+    # pycaffe's habit: take blob.data once, then run pass after pass; a deferred blob
+    # that has been read is written by every pass from then on
+    fused, plain = make(text=text), make(fuse=False, text=text)
+    x = (inputs() if text is NET else branch_inputs())["data"]
+    if when == "after":
+        fused.forward(data=x)
+    held = fused.blobs[name].data
+    for k in range(3):
+        fused.forward(data=x * (k + 2))
+        plain.forward(data=x * (k + 2))
+        assert_close(held, plain.blobs[name].data)
+    assert_blobs_close(fused, plain)
