@@ -42,6 +42,8 @@ A chain is found where (:func:`find_chains`):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import parallel
@@ -100,10 +102,15 @@ class Chain:
         arrays = [b.data for b in blobs[:-1]] + [blobs[-1].data if into is None else into]
         return Epilogue([(a, s, c) for a, (s, c) in zip(arrays, coefficients)], relu)
 
-    @property
+    @functools.cached_property
     def final(self) -> Blob:
-        """The last blob the chain leaves."""
+        """The last blob the chain leaves (the net's graph does not change)."""
         return self._outputs()[0][-1]
+
+    def deferred_blobs(self) -> list[Blob]:
+        """The chain's blobs whose data is deferred now."""
+        return [b for b in (self.deferred, self.final if self.concat else None)
+                if b is not None and b.is_deferred]
 
     def concat_view(self) -> np.ndarray:
         """Where the routed chain's last blob lies in its Concat's top: ``(N, C, ...)``."""
@@ -164,10 +171,10 @@ class Chain:
         have written; reading the bottom or the head's parameters first computes it)."""
         net = self.net
         top, bottom = net.top_vecs[self.head][0], net.bottom_vecs[self.head][0]
-        if len(self._outputs()[0]) < 2 or self._outputs()[0][0] is not top:
+        blobs = self._outputs()[0]
+        if len(blobs) < 2 or blobs[0] is not top:
             return False
-        readers = [i for i, bottoms in enumerate(net.bottom_vecs) if any(b is top for b in bottoms)]
-        if readers != [self.members[0]] or top.name in getattr(net, "outputs", ()):
+        if _readers(net, top) != [self.members[0]] or top.name in net.outputs:
             return False
         return not any(b is bottom for tops in net.top_vecs[self.head:] for b in tops)
 
@@ -250,8 +257,7 @@ def route_into_concats(net, chains: list[Chain]) -> dict[int, list[Chain]]:
         routed = [final.get(id(b)) for b in bottoms]
         if any(c is None for c in routed) or len({id(b) for b in bottoms}) != len(bottoms):
             continue
-        readers = [[i for i, bs in enumerate(net.bottom_vecs)  # besides the chain's own
-                    if i not in chain.indices and any(x is b for x in bs)]
+        readers = [[i for i in _readers(net, b) if i not in chain.indices]  # besides its own
                    for b, chain in zip(bottoms, routed)]
         if any(r != [j] for r in readers) or any(b.name in net.outputs for b in bottoms):
             continue
@@ -266,6 +272,11 @@ def route_into_concats(net, chains: list[Chain]) -> dict[int, list[Chain]]:
         routes[j] = routed
         top.watch(bottoms)
     return routes
+
+
+def _readers(net, blob: Blob) -> list[int]:
+    """The layers that have ``blob`` among their bottoms."""
+    return [i for i, bottoms in enumerate(net.bottom_vecs) if any(b is blob for b in bottoms)]
 
 
 def unroute(routes: dict[int, list[Chain]], j: int) -> None:

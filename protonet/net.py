@@ -427,8 +427,7 @@ class Net:
         sources it writes."""
         written = None
         for chain in self._chains:
-            blobs = [b for b in (chain.deferred, chain.final if chain.concat else None)
-                     if b is not None and b.is_deferred]
+            blobs = chain.deferred_blobs()
             if not blobs:
                 continue
             if start <= chain.head <= end:
@@ -446,10 +445,8 @@ class Net:
         before the parameters or inputs it depends on change where its reading would not
         notice (a solver's update through parameters another net shares)."""
         for chain in self._chains:
-            if chain.deferred is not None:
-                chain.deferred.settle()
-            if chain.concat is not None:
-                chain.final.settle()
+            for blob in chain.deferred_blobs():
+                blob.settle()
 
     def forward_backward(self) -> float:
         """One forward and one backward pass over the whole net; returns the loss."""
