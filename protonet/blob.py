@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -10,6 +11,11 @@ from .errors import ProtonetError
 #: net passes running now (:func:`passing`): a pass reads and writes blobs in an order that
 #: cannot disturb deferred data, so their watchers wait until it is over
 _passes = [0]
+#: held while deferred data is computed: a thread reading it meanwhile (the parts of a layer
+#: split over threads) waits for the whole of it
+_settling = threading.RLock()
+_COMPUTING = object()  # a blob's pending computation while it runs
+_allocating = threading.Lock()  # held while a blob allocates an array on first use
 
 
 class passing:
@@ -120,7 +126,9 @@ class Blob:
         if self._pending is not None or (self._watchers and not _passes[0]):
             self.settle()
         if self._data is None:
-            self._data = np.zeros(self._shape, self._dtype)
+            with _allocating:  # parts of a layer on two threads may both come first
+                if self._data is None:
+                    self._data = np.zeros(self._shape, self._dtype)
         return self._data
 
     def defer(self, compute=None) -> None:
@@ -146,12 +154,19 @@ class Blob:
 
     def settle(self) -> None:
         """Compute the deferred data of the blobs that watch this one, then this one's."""
-        for blob in self._watchers:
-            if blob._pending is not None:
-                blob.settle()
-        compute, self._pending = self._pending, None
-        if compute is not None:
-            compute()
+        with _settling:
+            for blob in self._watchers:
+                if blob._pending is not None:
+                    blob.settle()
+            compute = self._pending
+            if compute is None or compute is _COMPUTING:  # (the computation writing it)
+                return
+            self._pending = _COMPUTING  # until written: other threads wait for the lock
+            try:
+                with passing():  # its reads are the computation's, not a user's
+                    compute()
+            finally:
+                self._pending = None
 
     @data.setter
     def data(self, value) -> None:
@@ -166,10 +181,10 @@ class Blob:
     @property
     def diff(self) -> np.ndarray:
         if self._diff is None:
-            if self._diff_seed:
-                self._diff = np.full(self._shape, self._diff_seed, self._dtype)
-            else:
-                self._diff = np.zeros(self._shape, self._dtype)
+            with _allocating:  # parts of a layer on two threads may both come first
+                if self._diff is None:
+                    self._diff = np.full(self._shape, self._diff_seed, self._dtype) \
+                        if self._diff_seed else np.zeros(self._shape, self._dtype)
         return self._diff
 
     def seed_diff(self, weight: float) -> None:

@@ -411,7 +411,7 @@ class Net:
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
         start = len(self.layers) - 1 if start is None else start
-        with parallel.blas_held():
+        with parallel.blas_held(), passing():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
                 chain = self._chain_at.get(i)

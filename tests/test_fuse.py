@@ -229,6 +229,8 @@ def test_backward_and_settle_compute_the_deferred_blobs():
     fused.forward(**inputs())
     fused.backward(ip=np.ones((2, 10), np.float32))
     assert not fused.blobs["c5"].is_deferred
+    fused.forward(**inputs())  # what backward read is deferred again: only users pin it
+    assert fused.blobs["c5"].is_deferred
     assert_close(fused.blobs["c5"].data, plain.blobs["c5"].data)
 
 

@@ -268,3 +268,26 @@ def test_nets_sharing_scratch_keep_their_own_columns(test_batch, channels):
     train.backward_from_to()
     np.testing.assert_allclose(conv.blobs[0].diff, alone.layer_dict["conv"].blobs[0].diff,
                                rtol=1e-6)
+
+
+def test_a_blob_first_used_by_two_threads_at_once_gets_one_array():
+    # a layer's parts on two threads (Concat's backward) may be the first to touch a
+    # blob's diff or data: both must write into the same array
+    import threading
+    from protonet.blob import Blob
+
+    def first_use(what):
+        blob, got = Blob((64, 64, 64)), [None, None]
+        start = threading.Barrier(2)
+
+        def use(k):
+            start.wait()
+            got[k] = getattr(blob, what)
+        threads = [threading.Thread(target=use, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got[0] is got[1] is getattr(blob, what)
+    for what in ("data", "diff"):
+        assert all(first_use(what) for _ in range(200)), what

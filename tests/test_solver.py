@@ -189,6 +189,9 @@ def test_a_test_pass_leaves_no_deferred_blob_for_the_updates_to_change():
     solver.test(0)
     conv1 = test_net.blobs["conv1"]
     assert not conv1.is_deferred
+    test_net.forward_from_to()
+    assert conv1.is_deferred  # settling it was no reader's look: passes still defer it
+    solver.test(0)
     seen = conv1.data.copy()
     weights = solver.net.params["conv1"][0].data.copy()
     solver.step(1)
