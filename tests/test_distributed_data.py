@@ -278,6 +278,42 @@ def test_newest_snapshot_and_the_dead_rank(tmp_path):
     assert _dead_rank(banner, str(tmp_path)) == \
         "rank 1 (pid 4242 on h) was killed by signal 9 (Killed)"
     assert _dead_rank([b"nothing"], str(tmp_path)) is None
+    # the first rank seen to die wins over a banner naming one mpiexec stopped afterwards
+    first = {"rank": 0, "pid": 4241, "host": "h"}
+    assert _dead_rank(banner, str(tmp_path), dict(first, status=9)) == \
+        "rank 0 (pid 4241 on h) was killed by signal 9 (Killed)"
+    assert _dead_rank(banner, str(tmp_path), dict(first, status=3 << 8)) == \
+        "rank 0 (pid 4241 on h) exited with status 3"
+    assert _dead_rank(banner, str(tmp_path), dict(first, status=None)) == \
+        "rank 0 (pid 4241 on h) died first"
+    assert _dead_rank(banner, str(tmp_path), dict(first, status=0)).startswith("rank 1 (pid 4242")
+
+
+def test_the_launcher_sees_which_rank_died_first(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from protonet.solvers.launch import _FirstDeath
+    watch = _FirstDeath(str(tmp_path), 2)
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+             for _ in range(2)]
+    try:
+        for rank, proc in enumerate(procs):
+            (tmp_path / f"rank-{rank}.json").write_text(
+                json.dumps({"rank": rank, "pid": proc.pid, "host": "h"}))
+        time.sleep(0.3)  # the watcher has both pids
+        procs[1].kill()
+        deadline = time.monotonic() + 10
+        while watch.first is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        procs[0].kill()  # as mpiexec stops the others
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert watch.stop() == {"rank": 1, "pid": procs[1].pid, "host": "h", "status": 9}
+    assert _FirstDeath(str(tmp_path / "none"), 2).stop() is None  # stops before any note
 
 
 def test_the_output_filter_holds_back_the_banner_and_the_errors():

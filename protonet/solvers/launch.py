@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -165,10 +166,88 @@ class _Output:
             self._write(b"\n" * self._blank)
 
 
-def _dead_rank(banner: list[bytes], rundir: str) -> str | None:
-    """"rank R (pid P on H) was killed by signal S (Name)", from mpiexec's banner."""
+class _FirstDeath:
+    """Watches the ranks' pids (from their notes) and keeps the first to die: mpiexec's banner
+    names one dead rank, which can be a rank it stopped itself when it stops the others before
+    it collects the first one's status (seen under load)."""
+
+    def __init__(self, rundir: str, ranks: int):
+        self.rundir, self.ranks = rundir, ranks
+        self.first: dict | None = None  # the rank's note, with "status" (waitpid's) or None
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _notes(self) -> list[dict]:
+        notes = []
+        for path in glob.glob(os.path.join(self.rundir, "rank-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                with open(path) as f:
+                    notes.append(json.load(f))
+        return notes
+
+    def _run(self) -> None:
+        fds: dict[int, dict] = {}
+        gone: list[dict] = []
+        try:
+            while len(fds) + len(gone) < self.ranks:  # the notes appear as the ranks start
+                known = {note["pid"] for note in list(fds.values()) + gone}
+                for note in self._notes():
+                    if note["pid"] in known:
+                        continue
+                    try:
+                        fds[os.pidfd_open(int(note["pid"]))] = note
+                    except ProcessLookupError:
+                        gone.append(note)
+                if gone or select.select([self._wake_r], [], [], 0.05)[0]:
+                    break
+            poller = select.poll()
+            for fd in list(fds) + [self._wake_r]:
+                poller.register(fd, select.POLLIN)
+            dead = gone or [fds[fd] for fd, _ in poller.poll() if fd in fds]
+            if len(dead) == 1:  # two at once: which was first is unknown
+                self.first = dict(dead[0], status=_zombie_status(int(dead[0]["pid"])))
+        except (OSError, AttributeError, KeyError, ValueError):
+            pass  # no pidfd (not Linux): the banner alone names the rank
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def stop(self) -> dict | None:
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        return self.first
+
+
+def _zombie_status(pid: int) -> int | None:
+    """The waitpid status of a dead process mpiexec has not collected yet, else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[49]) if fields[0] == "Z" and len(fields) > 49 else None
+
+
+def _dead_rank(banner: list[bytes], rundir: str, first: dict | None = None) -> str | None:
+    """"rank R (pid P on H) was killed by signal S (Name)": the first rank seen to die, else
+    the one mpiexec's banner names."""
     text = b"\n".join(banner).decode("utf-8", "replace")
     pid = re.search(r"PID (\d+) RUNNING AT (\S+)", text)
+    if first is not None and first.get("status") != 0 and \
+            not (pid and int(pid.group(1)) == int(first["pid"])):
+        who = f"rank {first['rank']} (pid {first['pid']} on {first['host']})"
+        status = first.get("status")
+        if status is None:
+            return f"{who} died first"
+        if status & 0x7F:
+            signum = status & 0x7F
+            with contextlib.suppress(ValueError):
+                return f"{who} was killed by signal {signum} ({signal.strsignal(signum)})"
+            return f"{who} was killed by signal {signum}"
+        return f"{who} exited with status {status >> 8}"
     if not pid:
         return None
     how = re.search(r"EXIT STRING: (.+)", text)
@@ -212,6 +291,7 @@ def launch(args, path: str, param) -> int:
     # mpiexec prints its banner on stdout, the ranks log on stderr
     outputs = [_Output(proc.stdout, getattr(sys.stdout, "buffer", sys.stdout)),
                _Output(proc.stderr, getattr(sys.stderr, "buffer", sys.stderr))]
+    deaths = _FirstDeath(rundir, ranks)
     interrupts = [0]
 
     def forward(signum, frame):
@@ -236,6 +316,7 @@ def launch(args, path: str, param) -> int:
         for output in outputs:
             output.join()
     finally:
+        first = deaths.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if proc.poll() is None:
@@ -252,7 +333,7 @@ def launch(args, path: str, param) -> int:
                 print(line, file=sys.stderr)
             return 1
         banner = outputs[0].banner + outputs[1].banner
-        dead = _dead_rank(banner, rundir)
+        dead = _dead_rank(banner, rundir, first)
         if dead is None:
             for output in outputs:
                 for line in output.banner:
