@@ -71,7 +71,16 @@ def machine() -> str:
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"CPU: {cpu}, {os.cpu_count()} CPUs; numpy {np.__version__}, BLAS: {blas}; "
-            f"load average {load}")
+            f"compiled loops: {compiled_loops()}; load average {load}")
+
+
+def compiled_loops() -> str:
+    """What protonet's compiled loops run on: ``numba X`` or ``off`` (numpy only)."""
+    from protonet.kernels import jit
+    if not jit.enabled():
+        return "off (numpy only)"
+    import numba
+    return f"numba {numba.__version__}"
 
 
 def main(argv=None):

@@ -64,6 +64,8 @@ def test_the_machine_line_names_the_cpu_and_the_blas_kernel():
     from bench.__main__ import machine
     line = machine()
     assert line.startswith("CPU: ") and "BLAS: " in line and "load average" in line
+    from protonet.kernels import jit
+    assert ("compiled loops: numba " in line) == jit.enabled()
 
 
 @pytest.mark.slow

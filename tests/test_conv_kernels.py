@@ -103,10 +103,17 @@ def test_epilogue_written_in_cache_matches_step_by_step(params, shape, strategy,
 DEPTHWISE_CASES = [case[:2] for case in CASES if case[2] == "depthwise"]
 
 
-@pytest.fixture(params=["planes", "channels_last"])
+@pytest.fixture(params=["planes", "channels_last", "compiled"])
 def depthwise_path(request, monkeypatch):
-    """Each depthwise path, whatever the channel count: phase planes, or channels-last."""
+    """Each depthwise path, whatever the channel count: numpy's phase planes or channels-last
+    windows, or the compiled loop (numba)."""
     from protonet.kernels import conv as kconv
+    from protonet.kernels import jit
+    if request.param == "compiled":
+        if not jit.enabled():
+            pytest.skip("numba is not installed (pip install protonet[fast])")
+    else:
+        monkeypatch.setattr(jit, "_state", {"enabled": False})
     monkeypatch.setattr(kconv, "DEPTHWISE_CHANNELS_LAST_MIN",
                         (10**9, 10**9) if request.param == "planes" else (1, 1))
     return request.param

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import parallel
+from . import jit
 from .affine import Epilogue, finish_buffer, finish_views
 from .im2col import (conv_out_size, pad_channels_last,  # noqa: F401 (for the layers)
                      phase_planes, windows_channels_last)
@@ -114,6 +115,8 @@ def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dila
     tile's whole ``(n, c, Ho*Wq)`` accumulator (its columns past ``Wo`` are discarded),
     long runs at full vector speed; the epilogue's first scale goes into the taps.
     """
+    if jit.enabled():
+        return _depthwise_compiled(x, w, ep, s, cs, kernel, stride, pad, dilation)
     if cs.stop - cs.start >= DEPTHWISE_CHANNELS_LAST_MIN[tuple(stride) != (1, 1)]:
         return depthwise_channels_last(x, w, ep, s, cs, kernel, stride, pad, dilation,
                                        scratch, key)
@@ -150,6 +153,20 @@ def depthwise(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad, dila
         source = (acc.reshape(m, Ho, Wq, c)[:, :, :Wo].transpose(0, 3, 1, 2) if last
                   else acc.reshape(m, c, Ho, Wq)[..., :Wo])
         finish_views([a[t, chans] for a in arrays], ep, axis=1, channels=chans, source=source)
+
+
+def _depthwise_compiled(x, w, ep: Epilogue, s: slice, cs: slice, kernel, stride, pad,
+                        dilation) -> None:
+    """:func:`depthwise` through :func:`protonet.kernels.jit.depthwise_part`: the first
+    output (its shift, and the ReLU if it is the last) is written by the compiled loop,
+    any further outputs from it by numpy."""
+    _, taps, ep, arrays = _depthwise_setup(x, w, ep, cs, kernel, stride, pad, dilation)
+    (_, _, shift), rest = ep.outputs[0], ep.outputs[1:]
+    jit.depthwise_part(x, taps.reshape((-1,) + tuple(kernel)), shift, ep.relu and not rest,
+                       arrays[0], s, cs, stride, pad, dilation)
+    if rest:
+        views = [a[s, cs] for a in arrays]
+        finish_views(views[1:], Epilogue(rest, ep.relu), axis=1, channels=cs, source=views[0])
 
 
 def _depthwise_setup(x, w, ep: Epilogue, cs: slice, kernel, stride, pad, dilation):

@@ -1,0 +1,190 @@
+"""Compiled loops for the elementwise work numpy cannot do in one pass, through numba.
+
+numba is optional (``pip install protonet[fast]``): without it, or with
+``PROTONET_JIT=0`` in the environment, or after :func:`set_enabled(False) <set_enabled>`,
+every kernel takes its numpy path, which stays the one the reference versions are checked
+against. The loops here compute the same sums in the same order of taps as the numpy
+kernels (a tap at a time over a row of outputs), so both paths agree to float rounding.
+
+Each function compiles on its first call for its argument types (about a second each;
+kept on disk in numba's cache, so later processes skip it) and releases the GIL, so the
+layers run it on :mod:`protonet.parallel`'s threads part by part, as they do numpy's.
+
+* :func:`depthwise_part` -- a depthwise convolution (``group == C == O``) of some images
+  and channels, with the epilogue's shift and ReLU applied while each row of outputs is in
+  registers: one pass over the input and one over the output, where numpy makes two passes
+  per kernel tap.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+_ENV = "PROTONET_JIT"
+_state = {"enabled": os.environ.get(_ENV, "1").strip().lower() not in ("0", "off", "no",
+                                                                          "false", "")}
+_compiled: dict = {}
+_lock = threading.RLock()
+
+
+def set_enabled(on: bool) -> None:
+    """Use the compiled loops (if numba is importable) or not: numpy everywhere."""
+    _state["enabled"] = bool(on)
+
+
+def enabled() -> bool:
+    """Whether the kernels take the compiled loops: numba is importable and not turned off."""
+    return _state["enabled"] and _numba() is not None
+
+
+def _numba():
+    if "numba" not in _compiled:
+        with _lock:
+            if "numba" not in _compiled:
+                try:
+                    import numba
+                except Exception:  # not installed, or installed against another numpy
+                    numba = None
+                _compiled["numba"] = numba
+    return _compiled["numba"]
+
+
+def _kernel(name: str, build):
+    """The compiled function ``name``, built by ``build(numba)`` once per process."""
+    fn = _compiled.get(name)
+    if fn is None:
+        with _lock:
+            fn = _compiled.get(name)
+            if fn is None:
+                fn = _compiled[name] = build(_numba())
+    return fn
+
+
+# -- depthwise convolution ------------------------------------------------------------------
+# Each loop writes out[n, c, a, :] for its images n and channels c: the row starts as the
+# shift, takes each kernel row's taps over the input row it reads, then the ReLU. Indices
+# are written so the compiler can see they are >= 0 (numba reads a negative index from the
+# end, and the test for it keeps a loop from being vectorised).
+def _build_depthwise_3x3(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def stride1(x, taps, shift, relu, out, n0, n1, c0, c1):
+        # 3x3, pad 1, stride 1: out (N, C, H, W), output column q reads columns q-1, q, q+1
+        H, W = x.shape[2], x.shape[3]
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                start = shift[c] if shift.shape[0] else 0.0
+                k = taps[c - c0]
+                for a in range(H):
+                    o = out[n, c, a]
+                    for q in range(W):
+                        o[q] = start
+                    for i in range(3):
+                        y = a + i - 1
+                        if y < 0 or y >= H:
+                            continue
+                        xr = x[n, c, y]
+                        t0, t1, t2 = k[i, 0], k[i, 1], k[i, 2]
+                        if W == 1:
+                            o[0] += t1 * xr[0]
+                            continue
+                        o[0] += t1 * xr[0] + t2 * xr[1]
+                        for q in range(1, W - 1):
+                            o[q] += t0 * xr[q - 1] + t1 * xr[q] + t2 * xr[q + 1]
+                        o[W - 1] += t0 * xr[W - 2] + t1 * xr[W - 1]
+                    if relu:
+                        for q in range(W):  # NaN stays, as in Caffe's max(x, 0)
+                            o[q] = 0.0 if o[q] < 0 else o[q]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def stride2(x, taps, shift, relu, out, n0, n1, c0, c1):
+        # 3x3, pad 1, stride 2: output column q reads columns 2q-1, 2q, 2q+1
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = out.shape[2], out.shape[3]
+        inner = max(1, min(Wo, W // 2))  # columns 1 <= q < inner read three inside the row
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                start = shift[c] if shift.shape[0] else 0.0
+                k = taps[c - c0]
+                for a in range(Ho):
+                    o = out[n, c, a]
+                    for q in range(Wo):
+                        o[q] = start
+                    for i in range(3):
+                        y = 2 * a + i - 1
+                        if y < 0 or y >= H:
+                            continue
+                        xr = x[n, c, y]
+                        t0, t1, t2 = k[i, 0], k[i, 1], k[i, 2]
+                        o[0] += t1 * xr[0] + (t2 * xr[1] if W > 1 else 0.0)
+                        for q in range(1, inner):
+                            o[q] += t0 * xr[2 * q - 1] + t1 * xr[2 * q] + t2 * xr[2 * q + 1]
+                        for q in range(inner, Wo):  # the last column, past the row's end
+                            v = t0 * xr[2 * q - 1]
+                            if 2 * q < W:
+                                v += t1 * xr[2 * q]
+                            o[q] += v
+                    if relu:
+                        for q in range(Wo):
+                            o[q] = 0.0 if o[q] < 0 else o[q]
+    return stride1, stride2
+
+
+def _build_depthwise_any(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def any_geometry(x, taps, shift, relu, out, n0, n1, c0, c1, sh, sw, ph, pw, dh, dw):
+        H, W = x.shape[2], x.shape[3]
+        kh, kw = taps.shape[1], taps.shape[2]
+        Ho, Wo = out.shape[2], out.shape[3]
+        step = max(sw, 1)
+        # tap j reads column q*sw + j*dw - pw for output column q, inside the row for q in
+        # [first[j], stop[j])
+        first, stop = np.empty(kw, np.int64), np.empty(kw, np.int64)
+        for j in range(kw):
+            off = j * dw - pw
+            first[j] = 0 if off >= 0 else (-off + sw - 1) // sw
+            stop[j] = max(first[j], min(Wo, (W - 1 - off) // sw + 1)) if W > off else first[j]
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                start = shift[c] if shift.shape[0] else 0.0
+                k = taps[c - c0]
+                for a in range(Ho):
+                    o = out[n, c, a]
+                    for q in range(Wo):
+                        o[q] = start
+                    for i in range(kh):
+                        y = a * sh + i * dh - ph
+                        if y < 0 or y >= H:
+                            continue
+                        xr = x[n, c, y]
+                        for j in range(kw):
+                            t, o0 = k[i, j], max(first[j], 0)
+                            x0 = max(first[j] * sw + j * dw - pw, 0)
+                            for u in range(stop[j] - first[j]):
+                                o[o0 + u] += t * xr[x0 + u * step]
+                    if relu:
+                        for q in range(Wo):
+                            o[q] = 0.0 if o[q] < 0 else o[q]
+    return any_geometry
+
+
+def depthwise_part(x, taps, shift, relu: bool, out, s: slice, cs: slice, stride, pad,
+                   dilation) -> None:
+    """``out[s, cs] = relu?(sum over taps (i, j) of taps[c, i, j] * xpad[n, c, a*sh + i*dh,
+    b*sw + j*dw] + shift[c])``.
+
+    ``x (N, C, H, W)``, ``taps (c, kh, kw)`` of channels ``cs`` (the epilogue's first scale
+    already in them), ``shift (C,)`` or None, ``out (N, C, Ho, Wo)`` (a view is fine).
+    Padding reads as zeros. MobileNet's 3x3 kernels with pad 1 and stride 1 or 2 have
+    loops of their own, with the three taps of a kernel row in one pass.
+    """
+    taps = np.ascontiguousarray(taps, x.dtype)
+    shift = np.empty(0, x.dtype) if shift is None else np.ascontiguousarray(shift, x.dtype)
+    args = (x, taps, shift, bool(relu), out, s.start, s.stop, cs.start, cs.stop)
+    if taps.shape[1:] == (3, 3) and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1) \
+            and tuple(stride) in ((1, 1), (2, 2)):
+        stride1, stride2 = _kernel("depthwise_3x3", _build_depthwise_3x3)
+        return (stride1 if stride[0] == 1 else stride2)(*args)
+    _kernel("depthwise", _build_depthwise_any)(*args, stride[0], stride[1], pad[0], pad[1],
+                                               dilation[0], dilation[1])

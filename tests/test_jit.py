@@ -1,0 +1,100 @@
+"""The compiled loops (protonet.kernels.jit, numba) against the textbook definitions: every
+depthwise geometry, with and without shift and ReLU, on parts of the images and channels,
+into views, in float32 and float64; and how the compiled path is turned off."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from protonet.kernels import jit
+from protonet.kernels.conv import conv2d_reference
+
+pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba is not installed "
+                                "(pip install protonet[fast]) or PROTONET_JIT=0")
+
+GEOMETRIES = [  # (input shape, kernel, stride, pad, dilation)
+    ((2, 5, 9, 8), (3, 3), (1, 1), (1, 1), (1, 1)),     # MobileNet's, stride 1
+    ((2, 5, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1)),     # and stride 2, even width
+    ((1, 4, 7, 7), (3, 3), (2, 2), (1, 1), (1, 1)),     # odd width: the last column's
+    ((1, 3, 1, 1), (3, 3), (1, 1), (1, 1), (1, 1)),     # one pixel
+    ((1, 3, 2, 2), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((1, 3, 1, 2), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((1, 3, 3, 1), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 4, 7, 7), (3, 3), (1, 1), (2, 2), (2, 2)),     # dilation
+    ((1, 5, 6, 5), (3, 2), (1, 1), (0, 0), (1, 1)),     # no padding, 3x2
+    ((2, 3, 10, 9), (3, 4), (3, 2), (2, 1), (1, 1)),
+    ((1, 6, 11, 12), (5, 5), (2, 2), (2, 2), (1, 1)),
+    ((1, 2, 4, 4), (3, 3), (1, 1), (3, 3), (1, 1)),     # padding wider than the kernel
+    ((1, 2, 4, 6), (1, 1), (2, 3), (0, 0), (1, 1)),
+]
+
+
+def reference(x, taps, shift, relu, stride, pad, dilation):
+    w = taps[:, None].astype(np.float64)
+    r = conv2d_reference(x.astype(np.float64), w, shift, stride, pad, dilation, x.shape[1])
+    return np.maximum(r, 0) if relu else r
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad, dilation", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_matches_the_definition(shape, kernel, stride, pad, dilation, dtype):
+    rng = np.random.default_rng(0)
+    N, C, H, W = shape
+    x = rng.standard_normal(shape).astype(dtype)
+    taps = rng.standard_normal((C,) + kernel).astype(dtype)
+    shift = rng.standard_normal(C).astype(dtype)
+    Ho, Wo = ((n + 2 * p - (d * (k - 1) + 1)) // s + 1
+              for n, k, s, p, d in zip((H, W), kernel, stride, pad, dilation))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for relu in (False, True):
+        for bias in (None, shift):
+            out = np.full((N, C, Ho, Wo), np.nan, dtype)
+            jit.depthwise_part(x, taps, bias, relu, out, slice(0, N), slice(0, C), stride,
+                               pad, dilation)
+            want = reference(x, taps, bias, relu, stride, pad, dilation)
+            np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2)])
+def test_depthwise_writes_its_part_only_and_into_views(stride):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 6, 8, 7)).astype(np.float32)
+    taps = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    want = reference(x, taps, None, True, stride, (1, 1), (1, 1))
+    top = np.full((3, 10) + want.shape[2:], 7.0, np.float32)  # a Concat top: channels 2..8
+    view = top[:, 2:8]
+    jit.depthwise_part(x, taps[1:4], None, True, view, slice(1, 3), slice(1, 4), stride,
+                       (1, 1), (1, 1))
+    np.testing.assert_allclose(view[1:3, 1:4], want[1:3, 1:4], rtol=1e-5, atol=1e-5)
+    untouched = np.ones(top.shape, bool)
+    untouched[1:3, 3:6] = False
+    assert (top[untouched] == 7).all()
+
+
+def test_relu_keeps_nan_as_caffe_does():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    x[0, 0, 1, 1] = np.nan
+    taps = np.ones((2, 3, 3), np.float32)
+    for stride in ((1, 1), (2, 2), (1, 2)):
+        out = np.zeros((1, 2) + reference(x, taps, None, True, stride, (1, 1), (1, 1))
+                       .shape[2:], np.float32)
+        jit.depthwise_part(x, taps, None, True, out, slice(0, 1), slice(0, 2), stride,
+                           (1, 1), (1, 1))
+        assert np.isnan(out[0, 0]).any() and not np.isnan(out[0, 1]).any()
+
+
+def test_the_compiled_path_can_be_turned_off(monkeypatch):
+    code = "from protonet.kernels import jit; print(jit.enabled())"
+    for value, want in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, PROTONET_JIT=value)
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert got == want
+    jit.set_enabled(False)
+    try:
+        assert not jit.enabled()
+    finally:
+        jit.set_enabled(True)
+    assert jit.enabled()
