@@ -98,3 +98,71 @@ def test_the_compiled_path_can_be_turned_off(monkeypatch):
     finally:
         jit.set_enabled(True)
     assert jit.enabled()
+
+
+POOLS = [  # (input shape, kernel, stride, pad)
+    ((1, 3, 9, 9), (3, 3), (1, 1), (1, 1)),     # GoogLeNet's inception pools
+    ((2, 3, 13, 13), (3, 3), (2, 2), (0, 0)),   # CaffeNet's, SqueezeNet's
+    ((1, 2, 8, 8), (3, 3), (2, 2), (0, 0)),     # ceil: the last window hangs over
+    ((1, 2, 6, 5), (1, 1), (2, 2), (0, 0)),     # ... and is empty: AVE 0/0
+    ((1, 2, 7, 6), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 9, 10), (3, 3), (2, 2), (1, 1)),
+    ((1, 2, 7, 7), (7, 7), (1, 1), (0, 0)),
+    ((2, 2, 11, 9), (3, 2), (3, 2), (2, 1)),
+    ((1, 2, 5, 5), (2, 2), (1, 1), (1, 1)),
+]
+
+
+def pooled(method, x, kernel, stride, pad):
+    from protonet.kernels.im2col import pool_out_size
+    out = tuple(pool_out_size(n, k, p, s, True) for n, k, p, s in
+                zip(x.shape[2:], kernel, pad, stride))
+    y = np.full(x.shape[:2] + out, 123.0, x.dtype)
+    jit.pool_part(method, x, y, slice(0, x.shape[0]), slice(0, x.shape[1]), kernel, stride,
+                  pad)
+    return y
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_matches_caffes_loops(shape, kernel, stride, pad, method, dtype):
+    from protonet.kernels.pool import pool2d_reference
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    with np.errstate(invalid="ignore"):  # an empty window's 0/0
+        want = pool2d_reference(x, method, kernel, stride, pad)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(pooled(method, x, kernel, stride, pad), want, rtol=tol,
+                               atol=tol)
+
+
+def test_max_pooling_skips_nan_and_minus_infinity_as_caffe():
+    x = np.full((1, 1, 4, 4), np.nan, np.float32)
+    x[0, 0, 0, 0] = -np.inf
+    x[0, 0, 3, 3] = 2.0
+    y = pooled("MAX", x, (2, 2), (2, 2), (0, 0))
+    lowest = -np.finfo(np.float32).max
+    np.testing.assert_array_equal(y[0, 0], [[lowest, lowest], [lowest, 2.0]])
+
+
+def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(monkeypatch):
+    from protonet import parallel
+    from protonet.testing import make_layer, setup_layer
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 1)  # single images: channels split
+    for params, shape in [("pool: MAX kernel_size: 3 stride: 1 pad: 1", (1, 6, 7, 7)),
+                          ("pool: MAX kernel_size: 3 stride: 2", (3, 4, 9, 8)),
+                          ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (1, 6, 9, 8)),
+                          ("pool: AVE kernel_size: 2 stride: 2", (2, 4, 7, 7))]:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        tops = []
+        for on in (True, False):
+            jit.set_enabled(on)
+            try:
+                layer = make_layer(f'type: "Pooling" pooling_param {{ {params} }}',
+                                   dtype=np.float32)
+                bottom, top = setup_layer(layer, [x])
+                layer.forward(bottom, top)
+                tops.append(top[0].data.copy())
+            finally:
+                jit.set_enabled(True)
+        np.testing.assert_allclose(tops[0], tops[1], rtol=1e-6, atol=1e-6)

@@ -68,7 +68,7 @@ def _kernel(name: str, build):
 # are written so the compiler can see they are >= 0 (numba reads a negative index from the
 # end, and the test for it keeps a loop from being vectorised).
 def _build_depthwise_3x3(numba):
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def stride1(x, taps, shift, relu, out, n0, n1, c0, c1):
         # 3x3, pad 1, stride 1: out (N, C, H, W), output column q reads columns q-1, q, q+1
         H, W = x.shape[2], x.shape[3]
@@ -97,7 +97,7 @@ def _build_depthwise_3x3(numba):
                         for q in range(W):  # NaN stays, as in Caffe's max(x, 0)
                             o[q] = 0.0 if o[q] < 0 else o[q]
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def stride2(x, taps, shift, relu, out, n0, n1, c0, c1):
         # 3x3, pad 1, stride 2: output column q reads columns 2q-1, 2q, 2q+1
         H, W = x.shape[2], x.shape[3]
@@ -132,7 +132,7 @@ def _build_depthwise_3x3(numba):
 
 
 def _build_depthwise_any(numba):
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def any_geometry(x, taps, shift, relu, out, n0, n1, c0, c1, sh, sw, ph, pw, dh, dw):
         H, W = x.shape[2], x.shape[3]
         kh, kw = taps.shape[1], taps.shape[2]
@@ -188,3 +188,89 @@ def depthwise_part(x, taps, shift, relu: bool, out, s: slice, cs: slice, stride,
         return (stride1 if stride[0] == 1 else stride2)(*args)
     _kernel("depthwise", _build_depthwise_any)(*args, stride[0], stride[1], pad[0], pad[1],
                                                dilation[0], dilation[1])
+
+
+# -- pooling --------------------------------------------------------------------------------
+def _build_pool(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        # Each input plane goes into a frame whose border holds ``fill`` (the frame is
+        # large enough for the last window), split into sh*sw phases: phase (p, q) holds
+        # the frame's rows p, p + sh, ... and columns q, q + sw, ..., each Hq x Wq, flat.
+        # Output (a, b)'s tap (i, j) is frame cell (a*sh + i, b*sw + j), that is cell
+        # (a + i//sh)*Wq + b + j//sw of phase (i % sh, j % sw): over t = a*Wq + b, each tap
+        # is one contiguous run of (Ho-1)*Wq + Wo cells (the columns past Wo are worked
+        # out and dropped), so the loops are vector-wide even for 7-wide images.
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        Hq = (max(H + ph, (Ho - 1) * sh + kh) + sh - 1) // sh
+        Wq = (max(W + pw, (Wo - 1) * sw + kw) + sw - 1) // sw
+        plane = Hq * Wq
+        phases = np.full(sh * sw * plane, fill, x.dtype)
+        run = (Ho - 1) * Wq + Wo
+        acc = np.empty(run, x.dtype)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for r in range(H):
+                    fr = r + ph
+                    if sw == 1:
+                        base = max((fr % sh) * plane + (fr // sh) * Wq + pw, 0)
+                        for u in range(W):
+                            phases[base + u] = x[n, c, r, u]
+                        continue
+                    for q in range(sw):  # the columns c' with (c' + pw) % sw == q
+                        first = (q - pw) % sw
+                        base = max(((fr % sh) * sw + q) * plane + (fr // sh) * Wq
+                                   + (first + pw) // sw, 0)
+                        for u in range((W - first + sw - 1) // sw):
+                            phases[base + u] = x[n, c, r, first + u * sw]
+                for t in range(run):
+                    acc[t] = fill
+                for i in range(kh):
+                    for j in range(kw):
+                        off = max(((i % sh) * sw + j % sw) * plane + (i // sh) * Wq
+                                  + j // sw, 0)
+                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
+                            for t in range(run):
+                                v = phases[off + t]
+                                acc[t] = v if v > acc[t] else acc[t]
+                        else:
+                            for t in range(run):
+                                acc[t] += phases[off + t]
+                for a in range(Ho):
+                    base = max(a * Wq, 0)
+                    for q in range(Wo):
+                        y[n, c, a, q] = acc[base + q]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def max_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest):
+        # from -FLT_MAX, as Caffe: a window of padding, NaN or -inf only stays -FLT_MAX
+        pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest, True)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def ave_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw):
+        # the sum over Caffe's pool size: the window clipped to H + ph, W + pw (not to
+        # the image); an empty window gives 0/0, as Caffe's
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, x.dtype.type(0), False)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for a in range(Ho):
+                    rows = min(a * sh - ph + kh, H + ph) - (a * sh - ph)
+                    for q in range(Wo):
+                        cols = min(q * sw - pw + kw, W + pw) - (q * sw - pw)
+                        y[n, c, a, q] = y[n, c, a, q] / (rows * cols)
+    return max_pool, ave_pool
+
+
+def pool_part(method: str, x, y, s: slice, cs: slice, kernel, stride, pad) -> None:
+    """``y[s, cs]``: MAX (values only) or AVE pooling of ``x (N, C, H, W)`` over Caffe's
+    windows (:func:`protonet.kernels.pool.pool2d_reference`) into ``y (N, C, Ho, Wo)``."""
+    max_pool, ave_pool = _kernel("pool", _build_pool)
+    args = (x, y, s.start, s.stop, cs.start, cs.stop, kernel[0], kernel[1], stride[0],
+            stride[1], pad[0], pad[1])
+    if method == "MAX":
+        max_pool(*args, x.dtype.type(-np.finfo(np.float32).max))
+    else:
+        ave_pool(*args)

@@ -12,6 +12,7 @@ import numpy as np
 from .. import parallel
 from ..blob import Blob
 from ..errors import ProtonetError
+from ..kernels import jit as kjit
 from ..kernels import pool as kpool
 from ..kernels.im2col import pool_out_size
 from ..kernels.scratch import buffer as _buffer
@@ -154,6 +155,7 @@ class PoolingLayer(Layer):
             else:
                 kpool.stochastic_pool_test(xp, y, self.geo)
             return
+        index = None
         if self.method == _Pool.MAX:
             # the choices only matter for backward and the mask top: in TEST they are
             # worked out again if backward asks (:meth:`_selection`)
@@ -162,6 +164,9 @@ class PoolingLayer(Layer):
                            else None)
             self._max_from = x if not keep else None
             index = self._index
+        if index is None and not self.geo.single and kjit.enabled():
+            self._compiled(x, y)
+        elif self.method == _Pool.MAX:
 
             def work(k, s):
                 parts = kpool.tiles(s, x.shape[1], self.geo, x.itemsize)
@@ -172,14 +177,28 @@ class PoolingLayer(Layer):
                                           f"maxframe{k}", largest)
                     kpool.max_pool(xp, y[u, c], self.geo,
                                    None if index is None else index[u, c], self._buf, k)
+            parallel.run(work, self._parts(x))
         else:
 
             def work(k, s):
                 for u in self._tiles(s):
                     kpool.ave_pool(self._framed(x, 0.0, u, k), y[u], self.geo)
-        parallel.run(work, self._parts(x))
+            parallel.run(work, self._parts(x))
         if len(top) > 1:
             top[1].data[...] = self.flat_index()
+
+    def _compiled(self, x, y) -> None:
+        """MAX values or AVE by the compiled loop (:func:`protonet.kernels.jit.pool_part`),
+        straight from the bottom: the images split over the threads, or one image's
+        channels."""
+        N, C = x.shape[:2]
+        method = "MAX" if self.method == _Pool.MAX else "AVE"
+        parts = parallel.split(N if N > 1 else C, x.size * len(self.geo.taps))
+
+        def work(k, part):
+            s, cs = (part, slice(0, C)) if N > 1 else (slice(0, 1), part)
+            kjit.pool_part(method, x, y, s, cs, self.window, self.stride, self.pad)
+        parallel.run(work, parts)
 
     def _selection(self) -> np.ndarray:
         """Which tap each MAX window chose: kept from forward, or (a TEST forward keeps
