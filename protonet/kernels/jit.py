@@ -63,39 +63,53 @@ def _kernel(name: str, build):
 
 
 # -- depthwise convolution ------------------------------------------------------------------
-# Each loop writes out[n, c, a, :] for its images n and channels c: the row starts as the
-# shift, takes each kernel row's taps over the input row it reads, then the ReLU. Indices
-# are written so the compiler can see they are >= 0 (numba reads a negative index from the
-# end, and the test for it keeps a loop from being vectorised).
+# Each loop writes out[n, c] for its images n and channels c: the shift, the taps, then
+# the ReLU. Indices are written so the compiler can see they are >= 0 (numba reads a
+# negative index from the end, and the test for it keeps a loop from being vectorised).
 def _build_depthwise_3x3(numba):
     @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def stride1(x, taps, shift, relu, out, n0, n1, c0, c1):
-        # 3x3, pad 1, stride 1: out (N, C, H, W), output column q reads columns q-1, q, q+1
+    def stride1(x, taps, shift, relu, out, n0, n1, c0, c1, ph, pw, dh, dw):
+        # 3x3, stride 1, any padding and dilation. Each plane is copied into a zero frame
+        # of width Wf, flat: output (a, b) sits at t = a*Wf + b and its tap (i, j) at
+        # t + i*dh*Wf + j*dw, so the nine taps are nine contiguous runs over the whole
+        # plane, summed in one loop ((Ho-1)*Wf + Wo values; the columns past Wo are worked
+        # out and dropped) -- vector-wide even for 7-wide images
         H, W = x.shape[2], x.shape[3]
+        Ho, Wo = out.shape[2], out.shape[3]
+        Hf, Wf = max(H + ph, Ho + 2 * dh), max(W + pw, Wo + 2 * dw)
+        frame = np.zeros(Hf * Wf, x.dtype)
+        run = (Ho - 1) * Wf + Wo
+        acc = np.empty(run, x.dtype)
+        r0, r1, r2 = 0, max(dh * Wf, 0), max(2 * dh * Wf, 0)
+        c1_, c2_ = max(dw, 0), max(2 * dw, 0)
         for n in range(n0, n1):
             for c in range(c0, c1):
-                start = shift[c] if shift.shape[0] else 0.0
+                for r in range(H):
+                    base = max((r + ph) * Wf + pw, 0)
+                    for u in range(W):
+                        frame[base + u] = x[n, c, r, u]
                 k = taps[c - c0]
-                for a in range(H):
+                k0, k1, k2 = k[0, 0], k[0, 1], k[0, 2]
+                k3, k4, k5 = k[1, 0], k[1, 1], k[1, 2]
+                k6, k7, k8 = k[2, 0], k[2, 1], k[2, 2]
+                for t in range(run):
+                    acc[t] = (k0 * frame[r0 + t] + k1 * frame[r0 + c1_ + t]
+                              + k2 * frame[r0 + c2_ + t]) \
+                        + (k3 * frame[r1 + t] + k4 * frame[r1 + c1_ + t]
+                           + k5 * frame[r1 + c2_ + t]) \
+                        + (k6 * frame[r2 + t] + k7 * frame[r2 + c1_ + t]
+                           + k8 * frame[r2 + c2_ + t])
+                b = shift[c] if shift.shape[0] else x.dtype.type(0)
+                for a in range(Ho):
+                    base = max(a * Wf, 0)
                     o = out[n, c, a]
-                    for q in range(W):
-                        o[q] = start
-                    for i in range(3):
-                        y = a + i - 1
-                        if y < 0 or y >= H:
-                            continue
-                        xr = x[n, c, y]
-                        t0, t1, t2 = k[i, 0], k[i, 1], k[i, 2]
-                        if W == 1:
-                            o[0] += t1 * xr[0]
-                            continue
-                        o[0] += t1 * xr[0] + t2 * xr[1]
-                        for q in range(1, W - 1):
-                            o[q] += t0 * xr[q - 1] + t1 * xr[q] + t2 * xr[q + 1]
-                        o[W - 1] += t0 * xr[W - 2] + t1 * xr[W - 1]
                     if relu:
-                        for q in range(W):  # NaN stays, as in Caffe's max(x, 0)
-                            o[q] = 0.0 if o[q] < 0 else o[q]
+                        for q in range(Wo):  # NaN stays, as in Caffe's max(x, 0)
+                            v = acc[base + q] + b
+                            o[q] = 0.0 if v < 0 else v
+                    else:
+                        for q in range(Wo):
+                            o[q] = acc[base + q] + b
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def stride2(x, taps, shift, relu, out, n0, n1, c0, c1):
@@ -176,16 +190,19 @@ def depthwise_part(x, taps, shift, relu: bool, out, s: slice, cs: slice, stride,
 
     ``x (N, C, H, W)``, ``taps (c, kh, kw)`` of channels ``cs`` (the epilogue's first scale
     already in them), ``shift (C,)`` or None, ``out (N, C, Ho, Wo)`` (a view is fine).
-    Padding reads as zeros. MobileNet's 3x3 kernels with pad 1 and stride 1 or 2 have
-    loops of their own, with the three taps of a kernel row in one pass.
+    Padding reads as zeros. 3x3 kernels of stride 1, and MobileNet's of stride 2 with pad 1,
+    have loops of their own.
     """
     taps = np.ascontiguousarray(taps, x.dtype)
     shift = np.empty(0, x.dtype) if shift is None else np.ascontiguousarray(shift, x.dtype)
     args = (x, taps, shift, bool(relu), out, s.start, s.stop, cs.start, cs.stop)
-    if taps.shape[1:] == (3, 3) and tuple(pad) == (1, 1) and tuple(dilation) == (1, 1) \
-            and tuple(stride) in ((1, 1), (2, 2)):
-        stride1, stride2 = _kernel("depthwise_3x3", _build_depthwise_3x3)
-        return (stride1 if stride[0] == 1 else stride2)(*args)
+    if taps.shape[1:] == (3, 3) and tuple(stride) == (1, 1):
+        stride1, _ = _kernel("depthwise_3x3", _build_depthwise_3x3)
+        return stride1(*args, pad[0], pad[1], dilation[0], dilation[1])
+    if taps.shape[1:] == (3, 3) and tuple(stride) == (2, 2) and tuple(pad) == (1, 1) \
+            and tuple(dilation) == (1, 1):
+        _, stride2 = _kernel("depthwise_3x3", _build_depthwise_3x3)
+        return stride2(*args)
     _kernel("depthwise", _build_depthwise_any)(*args, stride[0], stride[1], pad[0], pad[1],
                                                dilation[0], dilation[1])
 
