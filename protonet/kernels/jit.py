@@ -260,9 +260,55 @@ def _build_pool(numba):
                         y[n, c, a, q] = acc[base + q]
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        # strided windows, separably: per output row, the window's rows (clipped to the
+        # image) are reduced into one row of W (contiguous), then each output column
+        # reduces its kw cells of that row (clipped likewise); the cells a window sees
+        # are the same as in one pass over them
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        row = np.empty(W, x.dtype)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for a in range(Ho):
+                    for u in range(W):
+                        row[u] = fill
+                    for r in range(max(a * sh - ph, 0), min(a * sh - ph + kh, H)):
+                        xr = x[n, c, r]
+                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
+                            for u in range(W):
+                                v = xr[u]
+                                row[u] = v if v > row[u] else row[u]
+                        else:
+                            for u in range(W):
+                                row[u] += xr[u]
+                    o = y[n, c, a]
+                    for q in range(Wo):
+                        o[q] = fill
+                    for j in range(kw):  # tap j of column q: row[q*sw + j - pw], if inside
+                        q0 = 0 if j >= pw else (pw - j + sw - 1) // sw
+                        q1 = min(Wo, (W - 1 - j + pw) // sw + 1) if W - 1 - j + pw >= 0 else 0
+                        u0, step = max(q0 * sw + j - pw, 0), max(sw, 1)
+                        o0 = max(q0, 0)
+                        if is_max:
+                            for q in range(q1 - q0):
+                                v = row[u0 + q * step]
+                                o[o0 + q] = v if v > o[o0 + q] else o[o0 + q]
+                        else:
+                            for q in range(q1 - q0):
+                                o[o0 + q] += row[u0 + q * step]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        if sh == 1 and sw == 1:
+            pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
+        else:
+            pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def max_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest):
         # from -FLT_MAX, as Caffe: a window of padding, NaN or -inf only stays -FLT_MAX
-        pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest, True)
+        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest, True)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
     def ave_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw):
@@ -270,7 +316,7 @@ def _build_pool(numba):
         # the image); an empty window gives 0/0, as Caffe's
         H, W = x.shape[2], x.shape[3]
         Ho, Wo = y.shape[2], y.shape[3]
-        pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, x.dtype.type(0), False)
+        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, x.dtype.type(0), False)
         for n in range(n0, n1):
             for c in range(c0, c1):
                 for a in range(Ho):
