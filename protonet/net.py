@@ -369,8 +369,10 @@ class Net:
                     if into:
                         routed[chain.concat[0]] = routed.get(chain.concat[0], 0) + 1
                     continue
-                if chain is not None and i == chain.members[0]:
-                    chain.stale = False  # its members run themselves
+                if chain is not None:  # its layers run themselves
+                    chain.shaped = None
+                    if i == chain.members[0]:
+                        chain.stale = False
                 layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
                 layer.reshape(bottom, top)
                 if routed.get(i, -1) == len(self._routes.get(i, ())):
@@ -390,8 +392,7 @@ class Net:
         """Run a folded chain (:mod:`protonet.fuse`) as its head layer alone, writing every
         blob of the chain (its last one into its Concat's top if ``into_concat``); returns
         the index after it."""
-        for i in chain.indices:
-            self.layers[i].reshape(self.bottom_vecs[i], self.top_vecs[i])
+        chain.reshape()
         if into_concat:  # the Concat's top shaped for this pass (its reshape checks the rest)
             top, shape = self.top_vecs[chain.concat[0]][0], chain.final.shape
             top.reshape(shape[:1] + top.shape[1:2] + shape[2:])
@@ -594,6 +595,8 @@ class Net:
         """Propagate shapes through every layer (after ``net.blobs[name].reshape(...)``)."""
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
             layer.reshape(bottom, top)
+        for chain in self._chains:
+            chain.shaped = None
 
     def clear_param_diffs(self) -> None:
         """Zero the diffs of every learnable blob (the solver does this every iteration)."""

@@ -427,3 +427,40 @@ def test_an_array_held_across_passes_sees_every_pass(text, name, when):
         plain.forward(data=x * (k + 2))
         assert_close(held, plain.blobs[name].data)
     assert_blobs_close(fused, plain)
+
+
+def test_chains_reshape_only_when_a_shape_changed(monkeypatch):
+    from protonet.layers.normalization import BatchNormLayer
+    calls = []
+    original = BatchNormLayer.reshape
+    monkeypatch.setattr(BatchNormLayer, "reshape",
+                        lambda self, bottom, top: (calls.append(self.name),
+                                                   original(self, bottom, top))[1])
+    fused, plain = make(), make(fuse=False)
+    x = inputs()["data"]
+
+    def run(batch):
+        for net in (fused, plain):
+            net.blobs["data"].reshape(batch, 3, 12, 12)
+            net.blobs["data"].data[...] = np.resize(x, (batch, 3, 12, 12))
+            net.forward()
+        assert_blobs_close(fused, plain)
+    run(2)
+    calls.clear()
+    run(2)
+    assert calls == ["bn1", "bn2", "bn3", "bn4", "bn6"]  # the unfused net's only
+    run(3)  # a new input shape reshapes the chains
+    assert fused.blobs["c2n"].shape[0] == 3
+    for batch in (1, 3):  # Net.reshape at another shape, then back without it
+        fused.blobs["data"].reshape(batch, 3, 12, 12)
+        fused.reshape()
+        run(3)
+    fused.forward(start="bn2")  # a partial pass runs a chain's layers one by one
+    run(3)
+    calls.clear()
+    fused.forward()
+    assert calls == []
+    fused.layer_dict["s1"].blobs[0].reshape(16, 1)  # a parameter of another shape
+    with pytest.raises(protonet.ProtonetError, match="s1"):
+        fused.forward()
+    assert calls == ["bn1"]  # its chain was reshaped, up to the layer that refused
