@@ -76,6 +76,7 @@ class Chain:
         #: the shapes :meth:`reshape` last left the chain's blobs in (None: reshaped since
         #: by other means, or never)
         self.shaped = None
+        self._blobs = None
 
     @property
     def indices(self) -> range:
@@ -96,8 +97,10 @@ class Chain:
 
     def _shapes(self) -> tuple:
         net = self.net
-        return tuple(b.shape for i in self.indices for b in
-                     (*net.bottom_vecs[i], *net.top_vecs[i], *net.layers[i].blobs))
+        if self._blobs is None:  # the graph is fixed: which blobs these are, once
+            self._blobs = [b for i in self.indices for b in
+                           (*net.bottom_vecs[i], *net.top_vecs[i], *net.layers[i].blobs)]
+        return tuple([b.shape for b in self._blobs])
 
     def epilogue(self, defer: bool = False, into: np.ndarray | None = None) -> Epilogue:
         """What the head writes: each blob of the chain that exists after the pass, in
@@ -108,15 +111,10 @@ class Chain:
         ``defer``: leave out the head's top (its data is deferred), the next blob then
         being a map of the head's output. ``into``: where the last blob's values go instead
         of its own data (a view of a Concat's top)."""
-        net = self.net
-        sources = [b.data for i in self.members for b in net.layers[i].blobs]
-        head = net.layers[self.head]
-        if head.bias_term:
-            sources.append(head.blobs[1].data)
-        key = b"".join(a.tobytes() for a in sources)
+        key = b"".join([b.data.tobytes() for b in self._sources])
         if self._cached is None or self._cached[0] != key:
             self._cached = (key,) + self._coefficients()
-        blobs, relu = self._outputs()
+        blobs, relu = self._graph_outputs
         coefficients = self._cached[1]
         if defer:
             blobs, coefficients = blobs[1:], self._cached[2]
@@ -126,7 +124,19 @@ class Chain:
     @functools.cached_property
     def final(self) -> Blob:
         """The last blob the chain leaves (the net's graph does not change)."""
-        return self._outputs()[0][-1]
+        return self._graph_outputs[0][-1]
+
+    @functools.cached_property
+    def _graph_outputs(self) -> tuple[list[Blob], bool]:
+        return self._outputs()
+
+    @functools.cached_property
+    def _sources(self) -> list[Blob]:
+        """The blobs the coefficients are made of: the members' and the head's bias."""
+        net = self.net
+        head = net.layers[self.head]
+        return [b for i in self.members for b in net.layers[i].blobs] + \
+            ([head.blobs[1]] if head.bias_term else [])
 
     def deferred_blobs(self) -> list[Blob]:
         """The chain's blobs whose data is deferred now."""

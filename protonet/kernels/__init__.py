@@ -13,5 +13,8 @@ a kernel; the kernels keep their scratch in a dict the layer owns (:mod:`.scratc
 * :mod:`.pool` -- MAX (with or without the choices), AVE and STOCHASTIC pooling and their
   backward;
 * :mod:`.affine` -- per-channel affine maps (BatchNorm with global statistics, Scale,
-  Bias) and the epilogue a convolution or inner product writes through.
+  Bias) and the epilogue a convolution or inner product writes through;
+* :mod:`.jit` -- compiled loops (numba, optional) for the depthwise convolution and the
+  TEST-phase MAX and AVE pooling, which numpy can only do pass by pass; the numpy kernels
+  above stay the fallback and are tested beside them.
 """
