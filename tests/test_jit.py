@@ -168,3 +168,41 @@ def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(monkey
             finally:
                 jit.set_enabled(True)
         np.testing.assert_allclose(tops[0], tops[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_scale, with_shift, relu", [
+    (True, True, True), (False, True, True), (True, False, False), (False, True, False)])
+def test_affine_in_place_matches_numpy(with_scale, with_shift, relu):
+    from protonet.kernels.affine import Epilogue, epilogue_reference
+    rng = np.random.default_rng(4)
+    top = rng.standard_normal((2, 9, 5, 6)).astype(np.float32)  # a Concat top: channels 3..7
+    top[0, 4, 1, 1] = np.nan
+    scale = rng.uniform(0.5, 2, 9).astype(np.float32) if with_scale else None
+    shift = rng.standard_normal(9).astype(np.float32) if with_shift else None
+    before = top.copy()
+    view = top[:, 3:7]
+    jit.affine_in_place(view, scale, shift, relu, slice(3, 7))
+    cs = slice(3, 7)
+    want = epilogue_reference(before[:, cs], Epilogue(
+        [(None, None if scale is None else scale[cs], None if shift is None else shift[cs])],
+        relu))[0]
+    np.testing.assert_allclose(view, want, rtol=1e-6, atol=1e-6)  # NaN where it was
+    assert np.isnan(view[0, 1, 1, 1])
+    outside = np.ones(top.shape, bool)
+    outside[:, cs] = False
+    np.testing.assert_array_equal(top[outside], before[outside])
+
+
+def test_finish_views_falls_back_to_numpy_for_a_view_with_no_planes():
+    from protonet.kernels.affine import Epilogue, epilogue_reference, finish_views
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
+    view = base.transpose(0, 1, 3, 2)  # columns first: no (n, c, positions) view
+    assert jit.planes(view) is None
+    with pytest.raises(ValueError, match="no \\(n, c, positions\\) view"):
+        jit.affine_in_place(view, None, np.ones(3, np.float32), False, slice(None))
+    shift = rng.standard_normal(3).astype(np.float32)
+    ep = Epilogue([(None, None, shift)], relu=True)
+    want = epilogue_reference(view.copy(), ep)[0]
+    finish_views([view], ep, axis=1)
+    np.testing.assert_allclose(view, want, rtol=1e-6)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import jit
+
 
 class Epilogue:
     """``outputs = [(array, scale (C,) or None, shift (C,) or None), ...]`` and ``relu``:
@@ -58,7 +60,15 @@ def finish_views(views: list[np.ndarray], ep: Epilogue, axis: int,
                  channels: slice = slice(None), source: np.ndarray | None = None) -> None:
     """Apply ``ep`` to ``views`` (one view per output, channel axis ``axis``, the
     channels ``channels`` of the full arrays): ``r`` is ``source`` if given (of the
-    views' shape), else ``views[0]`` holds it on entry."""
+    views' shape), else ``views[0]`` holds it on entry. A convolution's single output
+    finished in place is one compiled pass if numba is there
+    (:func:`protonet.kernels.jit.affine_in_place`), else one numpy pass per step."""
+    if source is None and len(views) == 1 and axis == 1 and views[0].ndim >= 3 and \
+            jit.enabled() and jit.planes(views[0]) is not None:  # a convolution's
+        (_, scale, shift), = ep.outputs
+        if scale is not None or shift is not None or ep.relu:
+            jit.affine_in_place(views[0], scale, shift, ep.relu, channels)
+        return
     for k, (view, (_, scale, shift)) in enumerate(zip(views, ep.outputs)):
         s = _shaped(scale, axis, view.ndim, channels)
         c = _shaped(shift, axis, view.ndim, channels)

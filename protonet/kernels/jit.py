@@ -337,3 +337,50 @@ def pool_part(method: str, x, y, s: slice, cs: slice, kernel, stride, pad) -> No
         max_pool(*args, x.dtype.type(-np.finfo(np.float32).max))
     else:
         ave_pool(*args)
+
+
+# -- per-channel affine maps ----------------------------------------------------------------
+def _build_affine(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def in_place(out, scale, shift, relu, c0):
+        # out[n, c, :] = relu?(scale[c0 + c] * out[n, c, :] + shift[c0 + c]); (0,) for none.
+        # One array, read and written in place: with two, the compiler could not rule out
+        # that they overlap and would not vectorise the loop
+        N, C, P = out.shape
+        for n in range(N):
+            for c in range(C):
+                s = scale[c0 + c] if scale.shape[0] else out.dtype.type(1)
+                b = shift[c0 + c] if shift.shape[0] else out.dtype.type(0)
+                if relu:
+                    for p in range(P):
+                        v = out[n, c, p] * s + b
+                        out[n, c, p] = 0.0 if v < 0 else v  # NaN stays, as Caffe's max(x, 0)
+                else:
+                    for p in range(P):
+                        out[n, c, p] = out[n, c, p] * s + b
+    return in_place
+
+
+def planes(out: np.ndarray) -> np.ndarray | None:
+    """``out (n, c, ...)`` seen as ``(n, c, positions)`` without a copy, or None where
+    its trailing axes are not one contiguous run (a sliced or transposed view)."""
+    rows = out.view()
+    try:
+        rows.shape = (*out.shape[:2], -1)  # raises rather than make a copy
+    except AttributeError:
+        return None
+    return rows
+
+
+def affine_in_place(out, scale, shift, relu: bool, channels: slice) -> None:
+    """``out = relu?(scale * out + shift)`` per channel, in one pass: ``out (n, c, ...)``
+    holds channels ``channels`` of ``scale`` and ``shift`` ``(C,)`` (None for 1 and 0)."""
+    rows = planes(out)
+    if rows is None:
+        raise ValueError(f"affine_in_place: an array of strides {out.strides} has no "
+                         "(n, c, positions) view")
+    empty = np.empty(0, out.dtype)
+    _kernel("affine", _build_affine)(
+        rows, empty if scale is None else np.ascontiguousarray(scale, out.dtype),
+        empty if shift is None else np.ascontiguousarray(shift, out.dtype), bool(relu),
+        channels.start or 0)
