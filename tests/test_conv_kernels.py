@@ -156,3 +156,20 @@ def test_kernels_write_only_the_channels_asked_for(depthwise_path):
         call(w, Epilogue([(y.reshape(2, 6, -1), None, b)]), slice(2, 5))
         np.testing.assert_allclose(y[:, 2:5], want[:, 2:5], rtol=1e-5, atol=1e-5)
         assert (y[:, :2] == 7).all() and (y[:, 5:] == 7).all()
+
+
+def test_a_1x1_convolution_of_1x1_images_is_one_product_over_the_batch():
+    from protonet.kernels import conv as kconv
+    from protonet.kernels.affine import epilogue_reference
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 8, 1, 1)).astype(np.float32)  # a classifier's input
+    w = rng.standard_normal((6, 8, 1, 1)).astype(np.float32)
+    scale, shift = rng.uniform(0.5, 2, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    r = conv2d_reference(x, w).reshape(5, 6, 1)
+    y = np.full((5, 6, 1), 7.0, np.float32)
+    ep = Epilogue([(y, scale, shift)], relu=True)
+    kconv.conv_1x1(x, w.reshape(6, 8), ep, slice(1, 4), slice(2, 5), (1, 1), {}, 0)
+    want = epilogue_reference(r, ep)[0]
+    np.testing.assert_allclose(y[1:4, 2:5], want[1:4, 2:5], rtol=1e-5, atol=1e-5)
+    y[1:4, 2:5] = 7.0
+    assert (y == 7).all()  # nothing outside the images and channels asked for

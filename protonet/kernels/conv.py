@@ -90,7 +90,10 @@ def conv_1x1(x, w, ep: Epilogue, s: slice, oc: slice, stride, scratch: dict, key
             xt[...] = x[t, :, ::sh, ::sw]
             xt = xt.reshape(m, C, P)
         views = [a[t, oc] for a in arrays]
-        parallel.matmul(wv, xt, out=views[0])
+        if P == 1:  # 1x1 images (a classifier as a convolution): (m, C) @ (C, o), one GEMM
+            parallel.matmul(xt[:, :, 0], wv.T, out=views[0][:, :, 0])
+        else:
+            parallel.matmul(wv, xt, out=views[0])
         finish_views(views, ep, axis=1, channels=oc)
 
 
