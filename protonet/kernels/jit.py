@@ -14,6 +14,9 @@ layers run it on :mod:`protonet.parallel`'s threads part by part, as they do num
   and channels, with the epilogue's shift and ReLU applied while each row of outputs is in
   registers: one pass over the input and one over the output, where numpy makes two passes
   per kernel tap.
+* :func:`pool_part` -- TEST-phase MAX and AVE pooling of some images and channels.
+* :func:`affine_in_place` -- a convolution's epilogue (``relu?(scale * r + shift)`` per
+  channel) in one pass over its output, where numpy makes one per step.
 """
 from __future__ import annotations
 
