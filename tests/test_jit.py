@@ -30,7 +30,16 @@ GEOMETRIES = [  # (input shape, kernel, stride, pad, dilation)
     ((1, 2, 4, 6), (1, 1), (2, 3), (0, 0), (1, 1)),
     ((1, 3, 6, 5), (3, 3), (1, 1), (0, 0), (1, 1)),     # 3x3, stride 1, unpadded
     ((1, 3, 6, 5), (3, 3), (1, 1), (2, 0), (1, 2)),
+    ((2, 3, 5, 33), (3, 3), (1, 1), (1, 1), (1, 1)),    # wide: the rows' loop
+    ((1, 2, 1, 40), (3, 3), (1, 1), (1, 1), (1, 1)),    # wide, one row: the flat frame
 ]
+
+
+@pytest.fixture(params=["flat frame", "rows"])
+def pad1_path(request, monkeypatch):
+    """3x3, stride 1, pad 1: through the flat frame, or (every width) the rows' loop."""
+    monkeypatch.setattr(jit, "PAD1_ROWS_MIN_WIDTH", 10 ** 9 if request.param == "flat frame"
+                        else 2)
 
 
 def reference(x, taps, shift, relu, stride, pad, dilation):
@@ -41,7 +50,8 @@ def reference(x, taps, shift, relu, stride, pad, dilation):
 
 @pytest.mark.parametrize("shape, kernel, stride, pad, dilation", GEOMETRIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_depthwise_matches_the_definition(shape, kernel, stride, pad, dilation, dtype):
+def test_depthwise_matches_the_definition(shape, kernel, stride, pad, dilation, dtype,
+                                          pad1_path):
     rng = np.random.default_rng(0)
     N, C, H, W = shape
     x = rng.standard_normal(shape).astype(dtype)
@@ -60,7 +70,7 @@ def test_depthwise_matches_the_definition(shape, kernel, stride, pad, dilation, 
 
 
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2)])
-def test_depthwise_writes_its_part_only_and_into_views(stride):
+def test_depthwise_writes_its_part_only_and_into_views(stride, pad1_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 6, 8, 7)).astype(np.float32)
     taps = rng.standard_normal((6, 3, 3)).astype(np.float32)
@@ -75,7 +85,7 @@ def test_depthwise_writes_its_part_only_and_into_views(stride):
     assert (top[untouched] == 7).all()
 
 
-def test_relu_keeps_nan_as_caffe_does():
+def test_relu_keeps_nan_as_caffe_does(pad1_path):
     x = np.zeros((1, 2, 4, 4), np.float32)
     x[0, 0, 1, 1] = np.nan
     taps = np.ones((2, 3, 3), np.float32)

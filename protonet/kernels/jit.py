@@ -145,7 +145,55 @@ def _build_depthwise_3x3(numba):
                     if relu:
                         for q in range(Wo):
                             o[q] = 0.0 if o[q] < 0 else o[q]
-    return stride1, stride2
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pad1_rows(x, taps, shift, relu, out, n0, n1, c0, c1):
+        # 3x3, stride 1, pad 1, on wide images (W >= 2): no frame; each inner output row
+        # sums its nine taps straight from the three input rows in one loop, the first and
+        # last rows (and columns) leave out the taps past the edge
+        H, W = x.shape[2], x.shape[3]
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                b = shift[c] if shift.shape[0] else x.dtype.type(0)
+                k = taps[c - c0]
+                k0, k1, k2 = k[0, 0], k[0, 1], k[0, 2]
+                k3, k4, k5 = k[1, 0], k[1, 1], k[1, 2]
+                k6, k7, k8 = k[2, 0], k[2, 1], k[2, 2]
+                xp = x[n, c]
+                for a in range(H):
+                    o = out[n, c, a]
+                    if a == 0 or a == H - 1:  # a kernel row at a time, the rows inside
+                        for q in range(W):
+                            o[q] = b
+                        for i in range(3):
+                            y = a + i - 1
+                            if y < 0 or y >= H:
+                                continue
+                            xr = xp[y]
+                            t0, t1, t2 = k[i, 0], k[i, 1], k[i, 2]
+                            o[0] += t1 * xr[0] + t2 * xr[1]
+                            for q in range(1, W - 1):
+                                o[q] += t0 * xr[q - 1] + t1 * xr[q] + t2 * xr[q + 1]
+                            o[W - 1] += t0 * xr[W - 2] + t1 * xr[W - 1]
+                    else:
+                        u, m, d = xp[a - 1], xp[a], xp[a + 1]
+                        o[0] = b + (k1 * u[0] + k2 * u[1]) + (k4 * m[0] + k5 * m[1]) \
+                            + (k7 * d[0] + k8 * d[1])
+                        for q in range(1, W - 1):
+                            o[q] = b + (k0 * u[q - 1] + k1 * u[q] + k2 * u[q + 1]) \
+                                + (k3 * m[q - 1] + k4 * m[q] + k5 * m[q + 1]) \
+                                + (k6 * d[q - 1] + k7 * d[q] + k8 * d[q + 1])
+                        o[W - 1] = b + (k0 * u[W - 2] + k1 * u[W - 1]) \
+                            + (k3 * m[W - 2] + k4 * m[W - 1]) + (k6 * d[W - 2] + k7 * d[W - 1])
+                    if relu:  # NaN stays, as in Caffe's max(x, 0)
+                        for q in range(W):
+                            o[q] = 0.0 if o[q] < 0 else o[q]
+    return stride1, stride2, pad1_rows
+
+
+#: image width from which a 3x3 depthwise convolution of stride 1 and pad 1 sums its taps
+#: row by row from the input (no frame): 0.75x the flat frame's time at 112x112, 0.95x at
+#: 56x56, the same at 28x28, slower below
+PAD1_ROWS_MIN_WIDTH = 32
 
 
 def _build_depthwise_any(numba):
@@ -199,12 +247,15 @@ def depthwise_part(x, taps, shift, relu: bool, out, s: slice, cs: slice, stride,
     taps = np.ascontiguousarray(taps, x.dtype)
     shift = np.empty(0, x.dtype) if shift is None else np.ascontiguousarray(shift, x.dtype)
     args = (x, taps, shift, bool(relu), out, s.start, s.stop, cs.start, cs.stop)
+    if taps.shape[1:] == (3, 3) and tuple(stride) == (1, 1) and tuple(pad) == (1, 1) and \
+            tuple(dilation) == (1, 1) and x.shape[3] >= PAD1_ROWS_MIN_WIDTH and x.shape[2] >= 2:
+        return _kernel("depthwise_3x3", _build_depthwise_3x3)[2](*args)
     if taps.shape[1:] == (3, 3) and tuple(stride) == (1, 1):
-        stride1, _ = _kernel("depthwise_3x3", _build_depthwise_3x3)
+        stride1, _, _ = _kernel("depthwise_3x3", _build_depthwise_3x3)
         return stride1(*args, pad[0], pad[1], dilation[0], dilation[1])
     if taps.shape[1:] == (3, 3) and tuple(stride) == (2, 2) and tuple(pad) == (1, 1) \
             and tuple(dilation) == (1, 1):
-        _, stride2 = _kernel("depthwise_3x3", _build_depthwise_3x3)
+        _, stride2, _ = _kernel("depthwise_3x3", _build_depthwise_3x3)
         return stride2(*args)
     _kernel("depthwise", _build_depthwise_any)(*args, stride[0], stride[1], pad[0], pad[1],
                                                dilation[0], dilation[1])
