@@ -383,3 +383,18 @@ def test_split_concat_copies_every_bottom_and_its_gradient(axis, threads):
     np.testing.assert_array_equal(bottom[1].diff,
                                   np.take(dy, range(cut, dy.shape[axis]), axis=axis))
     assert len(layer._parts(top)) == (1 if axis == 0 else 3)
+
+
+@needs_blas_control
+@pytest.mark.parametrize("in_place", [False, True])
+def test_split_eltwise_sum_adds_every_image(in_place, threads):
+    threads(3)
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal((5, 4, 3, 2)).astype(np.float32) for _ in range(2))
+    layer = make_layer('type: "Eltwise"', dtype=np.float32)
+    bottom, top = setup_layer(layer, [a.copy(), b])
+    if in_place:  # top is bottom 0, as ResNet's prototxts often write it
+        top = bottom[:1]
+        layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, a + b)

@@ -330,7 +330,12 @@ class EltwiseLayer(Layer):
         y = top[0].data
         if self.op == self.SUM:
             if self.coeffs[:2] == [1.0, 1.0]:  # one pass for the usual a + b
-                np.add(bottom[0].data, bottom[1].data, out=y)
+                a, b = bottom[0].data, bottom[1].data
+                if y.ndim:  # over the threads, image by image (ResNet's, MobileNet v2's)
+                    parallel.run(lambda k, s: np.add(a[s], b[s], out=y[s]),
+                                 parallel.split(y.shape[0], y.size))
+                else:
+                    np.add(a, b, out=y)
                 rest = zip(bottom[2:], self.coeffs[2:])
             else:
                 rest = zip(bottom, self.coeffs)
