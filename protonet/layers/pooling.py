@@ -189,16 +189,15 @@ class PoolingLayer(Layer):
 
     def _compiled(self, x, y) -> None:
         """MAX values or AVE by the compiled loop (:func:`protonet.kernels.jit.pool_part`),
-        straight from the bottom: the images split over the threads, or one image's
-        channels."""
-        N, C = x.shape[:2]
+        straight from the bottom, the images split over the threads. A single image stays
+        on the calling thread: its channels split over two threads made SqueezeNet 1.1's
+        batch-1 pass 2-10% slower, GoogLeNet's 2%."""
+        C = x.shape[1]
         method = "MAX" if self.method == _Pool.MAX else "AVE"
-        parts = parallel.split(N if N > 1 else C, x.size * len(self.geo.taps))
 
-        def work(k, part):
-            s, cs = (part, slice(0, C)) if N > 1 else (slice(0, 1), part)
-            kjit.pool_part(method, x, y, s, cs, self.window, self.stride, self.pad)
-        parallel.run(work, parts)
+        def work(k, s):
+            kjit.pool_part(method, x, y, s, slice(0, C), self.window, self.stride, self.pad)
+        parallel.run(work, parallel.split(x.shape[0], x.size * len(self.geo.taps)))
 
     def _selection(self) -> np.ndarray:
         """Which tap each MAX window chose: kept from forward, or (a TEST forward keeps
