@@ -276,18 +276,20 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
         frame = x[s, :, top:bottom]
     col = buffer(scratch, f"col{key}", (C, kh, kw, n, r1 - r0, Wo), x.dtype)
     fn, fc, fh, fw = frame.strides
-    col[...] = np.lib.stride_tricks.as_strided(
+    windows = np.lib.stride_tricks.as_strided(
         frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
     views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
     if n == 1 or P >= WHOLE_PART_MAX_POSITIONS:
         # image by image, straight into the output: (G, O/G, P) = (G, O/G, K) @ (G, K, P),
-        # each finished while it is in cache
+        # each image's columns multiplied and finished while they are in cache
         cols = col.reshape(G, -1, n, P)
         for k in range(n):
+            col[:, :, :, k] = windows[:, :, :, k]
             image = [v[k:k + 1] for v in views]
             parallel.matmul(wg, cols[:, :, k], out=image[0].reshape(G, Og, P))
             finish_views(image, ep, axis=1)
         return col
+    col[...] = windows
     # small images: one GEMM for the part, (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P) (per
     # image, the products are too small for BLAS); the epilogue's first pass reads it image
     # by image into the outputs
