@@ -279,10 +279,10 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
     windows = np.lib.stride_tricks.as_strided(
         frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
     views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
-    if n == 1 or P >= WHOLE_PART_MAX_POSITIONS:
-        # image by image, straight into the output: (G, O/G, P) = (G, O/G, K) @ (G, K, P),
-        # each image's columns multiplied and finished while they are in cache
-        cols = col.reshape(G, -1, n, P)
+    cols = col.reshape(G, -1, n, P)
+    if n > 1 and P >= WHOLE_PART_MAX_POSITIONS and cols[:, :, 0].nbytes >= COLUMNS_IMAGE_BYTES:
+        # large images one by one: (G, O/G, P) = (G, O/G, K) @ (G, K, P), each image's
+        # columns multiplied and finished while they are in cache
         for k in range(n):
             col[:, :, :, k] = windows[:, :, :, k]
             image = [v[k:k + 1] for v in views]
@@ -290,6 +290,11 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
             finish_views(image, ep, axis=1)
         return col
     col[...] = windows
+    if n == 1 or P >= WHOLE_PART_MAX_POSITIONS:
+        # image by image, straight into the output: (n, G, O/G, P) = (G, O/G, K) @ (n, G, K, P)
+        parallel.matmul(wg, cols.transpose(2, 0, 1, 3), out=views[0].reshape(n, G, Og, P))
+        finish_views(views, ep, axis=1)
+        return col
     # small images: one GEMM for the part, (G, O/G, n*P) = (G, O/G, K) @ (G, K, n*P) (per
     # image, the products are too small for BLAS); the epilogue's first pass reads it image
     # by image into the outputs
@@ -303,6 +308,13 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
 #: cache holds it between the two (the epilogue took 0.55-0.6 ns per value in SqueezeNet
 #: after 3 MB tiles of 1x1 outputs, that much of it read back from memory)
 EPILOGUE_TILE_BYTES = 1 << 20
+
+
+#: bytes of one image's columns from which :func:`im2col_gemm` copies, multiplies and
+#: finishes a batch part's images one by one (SqueezeNet 1.1's 3x3 expand layers, 0.9-1.8 MB:
+#: 0.97 of its batch-8 time); smaller images go together, their Python calls per image
+#: cost more than the cache saves (LeNet's conv1, 57 KB: a training step 1.04x slower)
+COLUMNS_IMAGE_BYTES = 1 << 19
 
 
 #: output positions per image below which :func:`im2col_gemm` multiplies a part's images in
