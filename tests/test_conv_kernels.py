@@ -179,7 +179,7 @@ def test_a_1x1_convolution_of_1x1_images_is_one_product_over_the_batch():
 def test_columns_of_large_images_go_one_by_one_or_together(one_by_one, cut_everything,
                                                            monkeypatch):
     from protonet.kernels import conv as kconv
-    monkeypatch.setattr(kconv, "COLUMNS_IMAGE_BYTES", 0 if one_by_one else 1 << 40)
+    monkeypatch.setattr(kconv, "COLUMNS_IMAGE_BYTES", (0, 1 << 40) if one_by_one else (1, 0))
     params = "num_output: 5 kernel_size: 3 pad: 1"
     test_forward_and_backward_match_the_definitions(params, (5, 2, 17, 16), "columns", None)
     test_epilogue_written_in_cache_matches_step_by_step(params, (5, 2, 17, 16), "columns",

@@ -280,7 +280,8 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
         frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
     views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
     cols = col.reshape(G, -1, n, P)
-    if n > 1 and P >= WHOLE_PART_MAX_POSITIONS and cols[:, :, 0].nbytes >= COLUMNS_IMAGE_BYTES:
+    lo, hi = COLUMNS_IMAGE_BYTES
+    if n > 1 and P >= WHOLE_PART_MAX_POSITIONS and lo <= cols[:, :, 0].nbytes <= hi:
         # large images one by one: (G, O/G, P) = (G, O/G, K) @ (G, K, P), each image's
         # columns multiplied and finished while they are in cache
         for k in range(n):
@@ -310,11 +311,13 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
 EPILOGUE_TILE_BYTES = 1 << 20
 
 
-#: bytes of one image's columns from which :func:`im2col_gemm` copies, multiplies and
-#: finishes a batch part's images one by one (SqueezeNet 1.1's 3x3 expand layers, 0.9-1.8 MB:
-#: 0.97 of its batch-8 time); smaller images go together, their Python calls per image
-#: cost more than the cache saves (LeNet's conv1, 57 KB: a training step 1.04x slower)
-COLUMNS_IMAGE_BYTES = 1 << 19
+#: ``(low, high)`` bytes of one image's columns for which :func:`im2col_gemm` copies,
+#: multiplies and finishes a batch part's images one by one, in the core's cache
+#: (SqueezeNet 1.1's 3x3 expand layers, 0.9-1.8 MB: 0.95-0.97 of its batch-8 time); smaller
+#: images go together, their Python calls per image cost more than the cache saves (LeNet's
+#: conv1, 57 KB: a training step 1.04-1.1x slower), and larger ones do not fit anyway
+#: (CaffeNet's conv1 and conv2, 4.4 and 7 MB: 1.02x slower)
+COLUMNS_IMAGE_BYTES = (1 << 19, 1 << 21)
 
 
 #: output positions per image below which :func:`im2col_gemm` multiplies a part's images in
