@@ -7,6 +7,7 @@ tops become outputs (alphabetical, as Caffe's ``std::set`` orders them).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections import OrderedDict
@@ -359,7 +360,7 @@ class Net:
         loss = 0.0
         self._forget_deferred(start, end)
         routed: dict[int, int] = {}  # Concat layer -> chains that wrote into its top
-        with parallel.blas_held(), passing():
+        with parallel.blas_held(), passing(), self._explained():
             i = start
             while i <= end:
                 chain = self._chain_at.get(i)
@@ -388,6 +389,19 @@ class Net:
                 i += 1
         return loss
 
+    @contextlib.contextmanager
+    def _explained(self):
+        """A numpy error inside a pass becomes a layer's own error when its cause is a
+        learnable blob reshaped since setup (checked only once something failed)."""
+        try:
+            yield
+        except (ValueError, IndexError) as exc:
+            for layer in self.layers:
+                error = layer.param_shape_error()
+                if error is not None:
+                    raise error from exc
+            raise
+
     def _forward_chain(self, chain, into_concat: bool = False) -> int:
         """Run a folded chain (:mod:`protonet.fuse`) as its head layer alone, writing every
         blob of the chain (its last one into its Concat's top if ``into_concat``); returns
@@ -412,7 +426,7 @@ class Net:
     def backward_from_to(self, start: int | None = None, end: int = 0) -> None:
         """Backward through layers ``start`` down to ``end`` (inclusive)."""
         start = len(self.layers) - 1 if start is None else start
-        with parallel.blas_held(), passing():
+        with parallel.blas_held(), passing(), self._explained():
             for i in range(start, end - 1, -1):
                 layer, top = self.layers[i], self.top_vecs[i]
                 chain = self._chain_at.get(i)

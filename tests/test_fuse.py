@@ -464,3 +464,29 @@ def test_chains_reshape_only_when_a_shape_changed(monkeypatch):
     with pytest.raises(protonet.ProtonetError, match="s1"):
         fused.forward()
     assert calls == ["bn1"]  # its chain was reshaped, up to the layer that refused
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("layer, blob, says", [
+    ("bn", 0, r"learnable blob 0 has shape \[5"), ("conv", 0, r"learnable blob 0 has shape \[5"),
+    ("scale", 1, r"the bias of shape \[5\]")])  # Scale checks its own
+def test_a_parameter_reshaped_from_outside_is_named_not_a_numpy_traceback(fuse, layer, blob,
+                                                                           says):
+    from protonet.errors import ProtonetError
+    net = protonet.Net(parse_net('''
+        input: "data" input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+                convolution_param { num_output: 4 kernel_size: 3 } }
+        layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+        layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
+                scale_param { bias_term: true } }
+        layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }'''),
+        protonet.TEST, fuse=fuse)
+    net.forward()
+    param = net.params[layer][blob]
+    shape = param.shape
+    param.reshape((5,) + shape[1:])
+    with pytest.raises(ProtonetError, match=rf"layer '{layer}'.*{says}"):
+        net.forward()
+    param.reshape(shape)  # put back, it runs again
+    net.forward()

@@ -16,6 +16,8 @@ attributes and register under their Caffe ``type:`` string with
 """
 from __future__ import annotations
 
+import math
+
 import sys
 
 import numpy as np
@@ -123,6 +125,7 @@ class Layer:
         self.rng: np.random.Generator = rng if rng is not None else np.random.default_rng()
         self.blobs: list[Blob] = []
         self.blob_fillers: list = []
+        self._param_shapes: list[tuple] = []  # as set up, for param_shape_error
         #: per learnable blob: whether backward must compute its gradient (lr_mult != 0)
         self.param_propagate_down: list[bool] = []
         self.loss_weights: list[float] = []
@@ -152,6 +155,7 @@ class Layer:
         """Create a learnable blob of ``shape`` to be filled by ``filler`` (a FillerParameter)."""
         blob = Blob(shape, self.dtype, name=f"{self.name}[{len(self.blobs)}]")
         self.blobs.append(blob)
+        self._param_shapes.append(blob.shape)
         self.blob_fillers.append(filler)
         self.param_propagate_down.append(True)
         return blob
@@ -219,6 +223,16 @@ class Layer:
 
     def error(self, message: str) -> ProtonetError:
         return ProtonetError(f"layer '{self.name}' ({self.type}): {message}")
+
+    def param_shape_error(self) -> ProtonetError | None:
+        """The error for a learnable blob whose size is no longer the one it was set up
+        with (a parameter reshaped from outside), or None if every one still fits."""
+        for k, (blob, shape) in enumerate(zip(self.blobs, self._param_shapes)):
+            if blob.count != math.prod(shape):
+                return self.error(
+                    f"learnable blob {k} has shape {list(blob.shape)}, the layer was set up "
+                    f"for {list(shape)}: reshape it back, or build the net again")
+        return None
 
     def shape_error(self, message: str, bottom: list[Blob]) -> ProtonetError:
         """An error naming the layer, its bottoms and their shapes."""
