@@ -159,14 +159,15 @@ def chunks(n: int, parts: int) -> list[slice]:
 TILE_BYTES = 1 << 22
 
 
-def tile_items(item_bytes: int) -> int:
-    """How many items of ``item_bytes`` make a tile of about :data:`TILE_BYTES` (at least 1)."""
-    return max(1, TILE_BYTES // item_bytes)
+def tile_items(item_bytes: int, tile_bytes: int | None = None) -> int:
+    """How many items of ``item_bytes`` make a tile of about ``tile_bytes`` (default
+    :data:`TILE_BYTES`; at least 1)."""
+    return max(1, (TILE_BYTES if tile_bytes is None else tile_bytes) // item_bytes)
 
 
-def tiles(s: slice, item_bytes: int) -> list[slice]:
+def tiles(s: slice, item_bytes: int, tile_bytes: int | None = None) -> list[slice]:
     """``s`` cut into consecutive tiles of :func:`tile_items` items (the last may be short)."""
-    step = tile_items(item_bytes)
+    step = tile_items(item_bytes, tile_bytes)
     return [slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)]
 
 

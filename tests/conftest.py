@@ -26,6 +26,16 @@ def corpus_dir():
 
 
 @pytest.fixture
+def cut_everything(monkeypatch):
+    """Two threads, and every piece of work worth a part of its own."""
+    from protonet import parallel
+    monkeypatch.setattr(parallel, "MIN_ITEMS", 1)
+    parallel.set_num_threads(2)
+    yield
+    parallel.set_num_threads(None)
+
+
+@pytest.fixture
 def corpus():
     path = corpus_dir()
     if path is None:

@@ -5,21 +5,11 @@ ReLU) written while in cache."""
 import numpy as np
 import pytest
 
-from protonet import parallel
 from protonet.kernels.affine import Epilogue, batchnorm_coefficients, compose, \
     epilogue_reference
 from protonet.kernels.conv import conv2d_reference
 from protonet.kernels.conv_backward import conv2d_backward_reference
 from protonet.testing import make_layer, setup_layer
-
-
-@pytest.fixture
-def cut_everything(monkeypatch):
-    """Two threads, and every piece of work worth a part of its own."""
-    monkeypatch.setattr(parallel, "MIN_ITEMS", 1)
-    parallel.set_num_threads(2)
-    yield
-    parallel.set_num_threads(None)
 
 
 def conv_layer(params):

@@ -157,17 +157,7 @@ def test_max_pooling_skips_nan_and_minus_infinity_as_caffe():
     np.testing.assert_array_equal(y[0, 0], [[lowest, lowest], [lowest, 2.0]])
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    """Two threads, and any work worth splitting."""
-    from protonet import parallel
-    monkeypatch.setattr(parallel, "MIN_ITEMS", 1)
-    parallel.set_num_threads(2)
-    yield
-    parallel.set_num_threads(None)
-
-
-def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(two_threads):
+def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(cut_everything):
     from protonet.testing import make_layer, setup_layer
     for params, shape in [("pool: MAX kernel_size: 3 stride: 1 pad: 1", (1, 6, 7, 7)),
                           ("pool: MAX kernel_size: 3 stride: 2", (3, 4, 9, 8)),

@@ -81,8 +81,7 @@ def conv_1x1(x, w, ep: Epilogue, s: slice, oc: slice, stride, scratch: dict, key
                          out=buffer(scratch, f"w1x1{key}", wv.shape, wv.dtype))
         ep = ep.without_first_scale()
     arrays = [a.reshape(N, -1, P) for a, _, _ in ep.outputs]
-    step = max(1, EPILOGUE_TILE_BYTES // (o * P * x.itemsize))
-    for t in (slice(a, min(a + step, s.stop)) for a in range(s.start, s.stop, step)):
+    for t in parallel.tiles(s, o * P * x.itemsize, EPILOGUE_TILE_BYTES):
         m = t.stop - t.start
         if (sh, sw) == (1, 1):
             xt = x[t].reshape(m, C, P)

@@ -17,7 +17,6 @@ attributes and register under their Caffe ``type:`` string with
 from __future__ import annotations
 
 import math
-
 import sys
 
 import numpy as np
