@@ -21,10 +21,11 @@ from .blob import Blob, passing
 from .errors import ProtonetError
 from .fuse import defer_chain_heads, find_chains, route_into_concats
 from .graph import filter_net, insert_splits
-from .layers import TEST, TRAIN, Layer, create_layer
-from .layers.python_layer import native_layer_type
+from .layers import TEST, TRAIN, create_layer
+from .layers.python_layer import OpaqueLayer, native_layer_type
 from .memory import check_memory
 from .proto import caffe_pb2
+from .recycle import recycler_for, recycling
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 #: the name Caffe gives the anonymous top of a loss layer declared without one
@@ -141,6 +142,7 @@ class Net:
         self._chain_at = {i: c for c in self._chains for i in c.indices}
         defer_chain_heads(self, self._chains)
         self._routes = route_into_concats(self, self._chains)
+        self._recycler = recycler_for(self)  # blobs share buffers (protonet.recycle)
         try:
             check_memory(self, memory_limit)
         except ProtonetError:
@@ -360,7 +362,8 @@ class Net:
         loss = 0.0
         self._forget_deferred(start, end)
         routed: dict[int, int] = {}  # Concat layer -> chains that wrote into its top
-        with parallel.blas_held(), passing(), self._explained():
+        with parallel.blas_held(), passing(), self._explained(), \
+                recycling(self._recycler, start, end):
             i = start
             while i <= end:
                 chain = self._chain_at.get(i)
@@ -458,7 +461,11 @@ class Net:
     def settle_deferred(self) -> None:
         """Compute now every blob whose data the last pass deferred (:mod:`protonet.fuse`):
         before the parameters or inputs it depends on change where its reading would not
-        notice (a solver's update through parameters another net shares)."""
+        notice (a solver's update through parameters another net shares). Blobs sharing
+        buffers (:mod:`protonet.recycle`) get memory of their own from then on."""
+        if self._recycler is not None:
+            self._recycler.settle()
+            self._recycler.stop()
         for chain in self._chains:
             for blob in chain.deferred_blobs():
                 blob.settle()
@@ -482,6 +489,8 @@ class Net:
         first = self._layer_index(start) if start is not None else 0
         last = self._layer_index(end) if end is not None else len(self.layers) - 1
         self._forget_deferred(first, last)  # (before the inputs change what they are from)
+        if self._recycler is not None and first == 0 and last == len(self.layers) - 1:
+            self._recycler.replacing_inputs()
         for name, value in inputs.items():
             if name not in self.blobs:
                 raise ProtonetError(f"forward: '{name}' is not a blob of this net "
@@ -700,6 +709,8 @@ class Net:
                         f"share_with: cannot share param {j} of layer '{name}': shape "
                         f"{list(src.shape)} in the source net, {list(dst.shape)} here")
                 dst.share_data(src)
+        if self._recycler is not None:  # its parameters change between its passes
+            self._recycler.stop()
 
     def share_scratch_with(self, other: "Net") -> None:
         """Let layers use the scratch buffers of ``other``'s same-named layers of their type.
@@ -773,25 +784,3 @@ def _join_batches(parts: list, total: int) -> np.ndarray:
     if parts[0].ndim == 0:
         return np.stack(parts)
     return np.concatenate(parts)[:total]
-
-
-class OpaqueLayer(Layer):
-    """A ``type: "Python"`` layer while a net is only inspected (``summary``, ``draw``): shown
-    with its declared tops, never imported. Its tops' shapes come from ``--input-shape``."""
-
-    type = "Python"
-    has_backward = False
-
-    def reshape(self, bottom, top):
-        for name, blob in zip(self.param.top, top):
-            shape = self.shape_overrides.get(name)
-            if shape is None:
-                raise self.error(
-                    f"is a Python layer (module '{self.param.python_param.module}'), which "
-                    f"protonet does not import to inspect a net; give the shape of its top "
-                    f"'{name}' with --input-shape {name}=N,C,H,W")
-            blob.reshape(shape)
-
-    def forward(self, bottom, top):
-        raise self.error("is an opaque Python layer: build the net with "
-                         "allow_python_layers=True to run it")

@@ -162,7 +162,7 @@ class PoolingLayer(Layer):
             keep = self.phase == TRAIN or len(top) > 1
             self._index = (_buffer(self._buf, "index", y.shape, self._index_dtype) if keep
                            else None)
-            self._max_from = x if not keep else None
+            self._max_from = bottom[0] if not keep else None  # (its data then: read anew)
             index = self._index
         if index is None and not self.geo.single and kjit.enabled():
             self._compiled(x, y)
@@ -203,7 +203,7 @@ class PoolingLayer(Layer):
         """Which tap each MAX window chose: kept from forward, or (a TEST forward keeps
         none) chosen again from the bottom it pooled."""
         if self._index is None and self.method == _Pool.MAX and self._max_from is not None:
-            x = self._max_from
+            x = self._max_from.data
             index = _buffer(self._buf, "index", (x.shape[0], x.shape[1]) + self.out_hw,
                             self._index_dtype)
             y = np.empty(index.shape, x.dtype)

@@ -256,3 +256,25 @@ class PythonLayer(Layer):
 
 def _views(blobs) -> list[PyBlob]:
     return [PyBlob(b) for b in blobs]
+
+
+class OpaqueLayer(Layer):
+    """A ``type: "Python"`` layer while a net is only inspected (``summary``, ``draw``): shown
+    with its declared tops, never imported. Its tops' shapes come from ``--input-shape``."""
+
+    type = "Python"
+    has_backward = False
+
+    def reshape(self, bottom, top):
+        for name, blob in zip(self.param.top, top):
+            shape = self.shape_overrides.get(name)
+            if shape is None:
+                raise self.error(
+                    f"is a Python layer (module '{self.param.python_param.module}'), which "
+                    f"protonet does not import to inspect a net; give the shape of its top "
+                    f"'{name}' with --input-shape {name}=N,C,H,W")
+            blob.reshape(shape)
+
+    def forward(self, bottom, top):
+        raise self.error("is an opaque Python layer: build the net with "
+                         "allow_python_layers=True to run it")

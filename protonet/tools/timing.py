@@ -14,8 +14,12 @@ def time_net(net, iterations: int = 50, warmup: int = 1) -> dict:
     Caffe). Backward runs only for layers that need it. A chain folded into
     its head layer (:mod:`protonet.fuse`, the TEST phase) runs as the head: the
     head's forward time is the chain's, and each member's entry names the head
-    under ``folded_into``.
+    under ``folded_into``. Blobs sharing buffers (:mod:`protonet.recycle`) get memory of
+    their own first: a pass layer by layer is not the pass they were planned for.
     """
+    recycler = getattr(net, "_recycler", None)
+    if recycler is not None:
+        recycler.stop()
     n = len(net.layers)
     for _ in range(warmup):
         net.forward_from_to()
