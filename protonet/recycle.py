@@ -2,11 +2,12 @@
 buffers, and a blob whose buffer was reused is recomputed when someone reads it.
 
 Caffe gives every blob memory of its own, and a forward pass writes each of them once:
-MobileNet v2 at batch 8 writes about 280 MB, so every layer writes its tops into cache
-lines evicted long ago and reads its bottoms back from main memory. Most blobs are read
-only by the next layer or two. Planned over the pass's steps, a handful of buffers hold
-them all (a greedy fit, biggest need first served), and they stay in cache: MobileNet v2
-at batch 8 runs in 0.8 of the time.
+MobileNet v2 at batch 8 writes 282 MB, so every layer writes its tops into cache lines
+evicted long ago and reads its bottoms back from main memory. Most blobs are read only by
+the next layer or two. Planned over the pass's steps, a handful of buffers hold them all
+(a greedy best fit, in pass order; MobileNet v2: 3 buffers, 64 MB), and what a layer
+writes is still in cache when the next one reads it: MobileNet v2 at batch 8 runs in 0.81
+of the time.
 
 Invisible to users, as Caffe's semantics require of every blob after a pass:
 
@@ -15,11 +16,15 @@ Invisible to users, as Caffe's semantics require of every blob after a pass:
   starts after it (``forward(start=...)``), backward -- runs the steps that wrote it again
   (:meth:`Recycler.materialize`), after those of its bottoms that are deferred too, in
   pass order (no recursion however deep the net);
+* it is computed from what that pass read: the first read of an input from outside a pass
+  after it keeps a copy of the inputs, and the first read of a parameter computes every
+  deferred blob first;
 * a blob read from outside a pass, or recomputed, gets memory of its own and keeps it:
-  the reader may hold the array, and every later pass writes into it, as in Caffe;
+  the reader may hold the array, and every later pass writes into it, as in Caffe; so does
+  one a pass writes only in part (the pass starts or ends among the layers writing it), and
+  one no pass has written since the plan holds zeros;
 * net inputs and outputs, tops of layers without bottoms, loss tops and the blobs
-  :mod:`protonet.fuse` defers are never shared; a recomputed blob is computed from the
-  parameters as they are then (as the blobs protonet.fuse defers).
+  :mod:`protonet.fuse` defers are never shared.
 
 Only TEST-phase nets with fusing on (``Net(..., fuse=False)`` turns both off) whose every
 layer type writes the whole of its tops and nothing else (:data:`RECYCLABLE`) recycle; a
@@ -54,7 +59,7 @@ class _Group:
     layer writing it (in place); ``last``: the last layer reading or writing it."""
 
     __slots__ = ("blobs", "first", "ready", "writers_end", "last", "writers", "nbytes",
-                 "buffer", "pinned", "view", "compute")
+                 "buffer", "pinned", "view", "compute", "written")
 
     def __init__(self, blobs, first, ready, writers_end, last, writers):
         self.blobs, self.first, self.ready, self.writers = blobs, first, ready, writers
@@ -62,6 +67,7 @@ class _Group:
         self.nbytes = blobs[0].count * blobs[0].dtype.itemsize
         self.buffer = None  # index into Recycler.buffers; None once it has its own memory
         self.pinned = False
+        self.written = False  # by a pass since the plan (else it holds zeros, as in Caffe)
         self.view = None    # the array the plan gave blobs[0]
         self.compute = None
 
@@ -130,7 +136,14 @@ class Recycler:
             if start <= g.first:  # written from its first writer on
                 for b in g.blobs:
                     b._pending = None
+        if not full:  # never written since the plan and not now: zeros, as unallocated
+            for g in self.groups:
+                if not g.written and id(g) not in ids:
+                    self._pin(g, keep=True)
+        for g in touched:
+            g.written = True
         for g in written:
+            g.written = True
             for b in g.blobs:
                 b._pending = None
             if g.buffer is not None:
@@ -294,10 +307,14 @@ class Recycler:
             and old.shape == owner.shape
         if self.holder[g.buffer] is g:
             self.holder[g.buffer] = None
-        _point(g.blobs, np.empty(owner.count * owner.dtype.itemsize, np.uint8))
-        if valid:
+        nbytes = owner.count * owner.dtype.itemsize
+        if keep and not g.written:  # nothing written since the plan: zeros, as unallocated
+            _point(g.blobs, np.zeros(nbytes, np.uint8))
+        elif valid:
+            _point(g.blobs, np.empty(nbytes, np.uint8))
             np.copyto(g.blobs[0]._data, old)
         else:
+            _point(g.blobs, np.empty(nbytes, np.uint8))
             self._defer(g)
         g.buffer, g.pinned = None, True
         self.pinned_ids.update(id(b) for b in g.blobs)

@@ -111,6 +111,16 @@ def test_held_before_the_first_pass():
     np.testing.assert_allclose(held, plain.blobs["res"].data, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("first", [None, "ra", "res"])
+def test_before_any_pass_blobs_hold_zeros(first):
+    net, plain = pair()
+    if first is not None:  # a partial pass first: what it does not write stays zero
+        for n in (net, plain):
+            n.forward(data=x_of(), end=first)
+    assert_same(net, plain, ["stem", "join", "res", "pool", "sum", "ip"])
+    assert not net.blobs["pool"].data.any()
+
+
 @pytest.mark.parametrize("start,end", [(None, "stem"), (None, "ra"), ("c", None),
                                        ("bnc", "pool"), ("join", "join"), ("rr", "ip"),
                                        ("a", "b")])
