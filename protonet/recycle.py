@@ -209,8 +209,9 @@ class Recycler:
 
     # -- planning -----------------------------------------------------------------------
     def _stale(self) -> bool:
-        return not self.groups or any(g.blobs[0]._data is not g.view
-                                      for g in self.groups if g.buffer is not None)
+        """Whether a blob of the plan has other data now (a reshape gave it a new size: the
+        pass that reshaped it allocated anew, the next one plans again)."""
+        return any(g.blobs[0]._data is not g.view for g in self.groups if g.buffer is not None)
 
     def _plan(self) -> None:
         """Group the blobs, find each group's steps, and fit the groups into buffers."""

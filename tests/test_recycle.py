@@ -161,6 +161,17 @@ def test_a_new_input_shape_gets_a_new_plan(batch):
     assert_same(net, plain)
 
 
+def test_the_plan_is_made_once_per_set_of_shapes(monkeypatch):
+    net, _ = pair()
+    plans = []
+    original = recycle.Recycler._plan
+    monkeypatch.setattr(recycle.Recycler, "_plan", lambda self: plans.append(1) or original(self))
+    for batch in (2, 2, 3, 3, 3, 2, 2):
+        net.forward(data=x_of(batch))
+    # the first pass at a new shape gives its blobs new memory; the next one plans
+    assert len(plans) == 2
+
+
 def test_a_deep_net_recomputes_without_recursion():
     layers = "".join(conv(f"c{k}", "data" if k == 0 else f"c{k - 1}", 4, kernel=1, pad=0)
                      + relu(f"r{k}", f"c{k}") for k in range(300))
