@@ -42,6 +42,7 @@ A chain is found where (:func:`find_chains`):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -217,9 +218,12 @@ class Chain:
             blob.settle()
 
     def compute_deferred(self) -> None:
-        """Write the head's top as the unfused pass would: the head's own forward."""
+        """Write the head's top as the unfused pass would: the head's own forward (from the
+        inputs as the pass read them, where a recycler keeps them: :mod:`protonet.recycle`)."""
         net, i = self.net, self.head
-        with parallel.blas_held(), parallel.blas_for(net.layers[i]):
+        recycler = getattr(net, "_recycler", None)
+        with parallel.blas_held(), parallel.blas_for(net.layers[i]), \
+                (recycler.inputs_as_read() if recycler is not None else contextlib.nullcontext()):
             net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
 
     def replay(self) -> None:

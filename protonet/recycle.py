@@ -111,6 +111,13 @@ class Recycler:
         for layer in net.layers:
             for p in layer.blobs:
                 p.watch([self._sentinel])
+        # the folded heads' deferred tops computed from an input read it as the pass did
+        # (through the copy kept below): reading the input no longer computes them first
+        sources = self._graph.sources
+        self._heads = [c.deferred for c in net._chains if c.deferred is not None and
+                       any(net.bottom_vecs[c.head][0] is b for b in sources)]
+        for b in sources:
+            b._watchers = tuple(w for w in b._watchers if all(w is not h for h in self._heads))
 
     # -- the pass's hooks ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -166,7 +173,8 @@ class Recycler:
                 if g.buffer is not None and self.holder[g.buffer] is not g:
                     self._defer(g)
             if not internal:
-                self._watch_sources(any(g.pending for g in self.groups))
+                self._watch_sources(any(g.pending for g in self.groups)
+                                    or any(h.is_deferred for h in self._heads))
 
     def _watch_sources(self, pending: bool) -> None:
         """After a pass: while groups are deferred, the first read of an input from outside
@@ -340,24 +348,36 @@ class Recycler:
         """Compute ``target``'s data: the layers that write it run again, into memory of
         its own, after those of the deferred groups they read (in pass order)."""
         net, graph = self.net, self._graph
-        swapped = [(b, b._data) for b, copy in self.shadows.values() if copy.shape == b.shape]
         self._internal += 1
+        try:
+            with self.inputs_as_read():
+                self._run_needed(target, net, graph)
+        finally:
+            self._internal -= 1
+
+    def _run_needed(self, target: _Group, net, graph) -> None:
+        for g in self._needed(target):
+            if not g.pending and g is not target:
+                continue
+            a, b = graph.run_range(g.first, g.writers_end)
+            for h in self.groups:  # a recomputation writes no shared buffer
+                if a <= h.first <= b:
+                    self._pin(h, keep=True)
+            self._pin(g)
+            net.forward_from_to(a, b)
+
+    @contextlib.contextmanager
+    def inputs_as_read(self):
+        """The inputs hold what the last pass read while this runs (the copies taken when
+        they were first read after it, if they still have that shape)."""
+        swapped = [(b, b._data) for b, copy in self.shadows.values() if copy.shape == b.shape]
         try:
             for b, _ in swapped:
                 b._data = self.shadows[id(b)][1]
-            for g in self._needed(target):
-                if not g.pending and g is not target:
-                    continue
-                a, b = graph.run_range(g.first, g.writers_end)
-                for h in self.groups:  # a recomputation writes no shared buffer
-                    if a <= h.first <= b:
-                        self._pin(h, keep=True)
-                self._pin(g)
-                net.forward_from_to(a, b)
+            yield
         finally:
             for b, data in swapped:
                 b._data = data
-            self._internal -= 1
 
     def _needed(self, target: _Group) -> list[_Group]:
         """``target`` and the deferred groups its recomputation reads, transitively, in

@@ -89,6 +89,19 @@ def test_every_blob_reads_as_the_plain_net_in_any_order(order, split):
     assert_same(net, plain, names)
 
 
+def test_a_branch_read_when_its_concat_top_was_taken_over(split):
+    # reading a branch stops routing its Concat and copies it out of the Concat's top, which
+    # is recomputed first; the Concat then copies its bottoms, read on the calling thread
+    net, plain = pair()
+    for n in (net, plain):
+        n.forward(data=x_of())
+    assert net.blobs["join"].is_deferred
+    assert_same(net, plain, ["a", "join", "b"])
+    for n in (net, plain):
+        n.forward(data=x_of(k=1))
+    assert_same(net, plain)
+
+
 def test_a_read_blob_keeps_its_memory_and_sees_every_later_pass():
     net, plain = pair()
     net.forward(data=x_of())
@@ -100,6 +113,33 @@ def test_a_read_blob_keeps_its_memory_and_sees_every_later_pass():
             assert a is net.blobs[n].data
             np.testing.assert_allclose(a, plain.blobs[n].data, rtol=1e-5, atol=1e-6)
     assert shared(net)  # the others still share
+    assert_same(net, plain)
+
+
+#: a folded head reading the input, its top deferred (only its BatchNorm reads it)
+HEAD_ON_INPUT = ('name: "head"\nlayer { name: "data" type: "Input" top: "data" '
+                 'input_param { shape { dim: 2 dim: 3 dim: 10 dim: 10 } } }\n'
+                 + conv("h", "data", 8) + bn("bnh", "h", top="hn") + scale("sh", "hn")
+                 + conv("k", "hn", 4) + relu("rk", "k") + conv("out", "k", 2))
+
+
+def test_writing_the_input_keeps_a_copy_instead_of_computing_deferred_blobs(monkeypatch):
+    from protonet import fuse
+    calls = []
+    compute = fuse.Chain.compute_deferred
+    monkeypatch.setattr(fuse.Chain, "compute_deferred",
+                        lambda self: calls.append(self) or compute(self))
+    net, plain = pair(HEAD_ON_INPUT)
+    assert [h.name for h in net._recycler._heads] == ["h"]
+    for n in (net, plain):
+        n.forward(data=x_of())
+    net.blobs["data"].data[...] = x_of(k=1)  # pycaffe's way to the next batch
+    assert calls == [] and net.blobs["h"].is_deferred
+    assert_same(net, plain, ["h", "hn", "k"])  # computed from the input the pass read
+    assert len(calls) == 1
+    for n in (net, plain):
+        n.blobs["data"].data[...] = x_of(k=2)
+        n.forward()
     assert_same(net, plain)
 
 

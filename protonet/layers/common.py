@@ -282,9 +282,10 @@ class ConcatLayer(Layer):
 
     def forward(self, bottom, top):
         y = top[0].data
+        xs = [b.data for b in bottom]  # here: a deferred bottom is computed on this thread
 
         def work(k, s):
-            np.concatenate([b.data[s] for b in bottom], axis=self.axis, out=y[s])
+            np.concatenate([x[s] for x in xs], axis=self.axis, out=y[s])
         parallel.run(work, self._parts(top))
 
     def backward(self, top, propagate_down, bottom):
