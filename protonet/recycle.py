@@ -41,9 +41,11 @@ import numpy as np
 #: layer types whose forward writes every element of every top (and reads nothing else of
 #: them unless in place), with no state and no randomness in the TEST phase
 RECYCLABLE = frozenset((
-    "Input", "Convolution", "Pooling", "InnerProduct", "LRN", "Softmax", "Concat", "Slice",
-    "Eltwise", "Split", "Flatten", "Reshape", "Dropout", "BatchNorm", "Scale", "Bias",
-    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log"))
+    "Input", "Convolution", "Deconvolution", "Pooling", "InnerProduct", "LRN", "Softmax",
+    "Concat", "Slice", "Eltwise", "Split", "Flatten", "Reshape", "Crop", "Dropout",
+    "BatchNorm", "Scale", "Bias", "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal",
+    "BNLL", "Power", "Exp", "Log",
+    "Permute", "Normalize", "PriorBox", "DetectionOutput"))  # SSD's
 
 #: layer types whose tops are views of their first bottom
 ALIASING = frozenset(("Split", "Reshape"))

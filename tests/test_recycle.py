@@ -265,8 +265,7 @@ def test_settle_deferred_and_share_with_give_every_blob_its_own_memory():
 def test_what_does_not_recycle(how):
     text = GRAPH
     if how == "unknown_type":
-        text += 'layer { name: "up" type: "Deconvolution" bottom: "pool" top: "up" ' \
-                'convolution_param { num_output: 2 kernel_size: 2 stride: 2 } }\n'
+        text += 'layer { name: "top1" type: "ArgMax" bottom: "pool" top: "top1" }\n'
     if how == "data_later":
         text += 'layer { name: "late" type: "Input" top: "late" ' \
                 'input_param { shape { dim: 1 } } }\n'
@@ -286,10 +285,12 @@ def test_timing_layer_by_layer_still_matches():
 
 
 #: each recyclable type that computes its tops (not a view of its bottom), as a layer
-#: reading blob "x" (2, 4, 5, 5) (and "y" of the same shape)
+#: reading blob "x" (2, 4, 5, 5) and, if it takes two, "y" (its shape here if not the same)
 LAYERS = {
     "Convolution": 'convolution_param { num_output: 3 kernel_size: 3 pad: 1 '
                    'weight_filler { type: "gaussian" std: 0.3 } }',
+    "Deconvolution": 'convolution_param { num_output: 3 kernel_size: 2 stride: 2 '
+                     'weight_filler { type: "gaussian" std: 0.3 } }',
     "Pooling": "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
     "InnerProduct": 'inner_product_param { num_output: 3 weight_filler { type: "xavier" } }',
     "LRN": "lrn_param { local_size: 3 }",
@@ -297,30 +298,63 @@ LAYERS = {
     "Dropout": "", "BatchNorm": "", "Scale": "", "Bias": "", "ReLU": "", "PReLU": "",
     "ELU": "", "Sigmoid": "", "TanH": "", "AbsVal": "", "BNLL": "",
     "Power": "power_param { power: 2 scale: 0.5 shift: 1 }", "Exp": "", "Log": "",
+    "Crop": "crop_param { axis: 2 offset: 1 }",
+    "Permute": "permute_param { order: 0 order: 2 order: 3 order: 1 }",
+    "Normalize": 'norm_param { across_spatial: false scale_filler { type: "constant" '
+                 'value: 2 } }',
+    "PriorBox": "prior_box_param { min_size: 4 aspect_ratio: 2 variance: 0.1 }",
 }
+TWO_BOTTOMS = {"Concat": None, "Eltwise": None, "Crop": (2, 4, 3, 3), "PriorBox": (2, 3, 20, 20)}
 
 
 def test_the_types_recycled_are_the_types_tested():
-    assert set(LAYERS) | recycle.ALIASING | {"Input", "Flatten"} == set(recycle.RECYCLABLE)
+    assert set(LAYERS) | recycle.ALIASING | {"Input", "Flatten", "DetectionOutput"} == \
+        set(recycle.RECYCLABLE)
 
 
-@pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_each_recyclable_type_writes_its_whole_top(kind):
-    # a shared buffer holds another blob's values: the layer must overwrite all of it
-    bottoms = 'bottom: "x" bottom: "y"' if kind in ("Concat", "Eltwise") else 'bottom: "x"'
-    tops = 'top: "t1" top: "t2"' if kind == "Slice" else 'top: "t1"'
-    text = ('name: "one"\nlayer { name: "in" type: "Input" top: "x" top: "y" input_param { '
-            'shape { dim: 2 dim: 4 dim: 5 dim: 5 } shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }\n'
-            f'layer {{ name: "l" type: "{kind}" {bottoms} {tops} {LAYERS[kind]} }}\n')
+def assert_whole_top_written(text, inputs, tops):
+    """Run the net; fill ``tops`` with NaN; run it again: the same values."""
     net = protonet.Net(parse_net(text), protonet.TEST, seed=0, fuse=False)
-    rng = np.random.default_rng(0)
-    net.blobs["x"].data[...] = rng.uniform(0.1, 2, (2, 4, 5, 5))
-    net.blobs["y"].data[...] = rng.uniform(0.1, 2, (2, 4, 5, 5))
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
     net.forward()
-    tops = [n for n in ("t1", "t2") if n in net.blobs]
     expected = [net.blobs[n].data.copy() for n in tops]
     for n in tops:
         net.blobs[n].data[...] = np.nan
     net.forward()
     for n, e in zip(tops, expected):
         np.testing.assert_array_equal(net.blobs[n].data, e)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_each_recyclable_type_writes_its_whole_top(kind):
+    # a shared buffer holds another blob's values: the layer must overwrite all of it
+    x, y = (2, 4, 5, 5), TWO_BOTTOMS.get(kind) or (2, 4, 5, 5)
+    bottoms = 'bottom: "x" bottom: "y"' if kind in TWO_BOTTOMS else 'bottom: "x"'
+    tops = ["t1", "t2"] if kind == "Slice" else ["t1"]
+    dims = ["".join(f"dim: {d} " for d in shape) for shape in (x, y)]
+    text = ('name: "one"\nlayer { name: "in" type: "Input" top: "x" top: "y" input_param { '
+            f'shape {{ {dims[0]}}} shape {{ {dims[1]}}} }} }}\n'
+            f'layer {{ name: "l" type: "{kind}" {bottoms} '
+            + "".join(f'top: "{t}" ' for t in tops) + f"{LAYERS[kind]} }}\n")
+    rng = np.random.default_rng(0)
+    assert_whole_top_written(text, {"x": rng.uniform(0.1, 2, x), "y": rng.uniform(0.1, 2, y)},
+                             tops)
+
+
+def test_detection_output_writes_its_whole_top():
+    P, C = 25, 3  # priors, classes
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, 0.6, (P, 2))
+    priors = np.stack([np.concatenate([corner, corner + 0.3], 1).reshape(-1),
+                       np.full(P * 4, 0.1)])[None]
+    text = ('name: "det"\nlayer { name: "in" type: "Input" top: "loc" top: "conf" top: "prior" '
+            f'input_param {{ shape {{ dim: 2 dim: {P * 4} }} shape {{ dim: 2 dim: {P * C} }} '
+            f'shape {{ dim: 1 dim: 2 dim: {P * 4} }} }} }}\n'
+            'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
+            'bottom: "prior" top: "t1" detection_output_param { num_classes: 3 '
+            'share_location: true background_label_id: 0 nms_param { nms_threshold: 0.45 '
+            'top_k: 10 } code_type: CENTER_SIZE keep_top_k: 5 confidence_threshold: 0.01 } }\n')
+    assert_whole_top_written(text, {"loc": rng.normal(0, 0.1, (2, P * 4)),
+                                    "conf": rng.uniform(0, 1, (2, P * C)), "prior": priors},
+                             ["t1"])
