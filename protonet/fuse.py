@@ -249,7 +249,9 @@ def defer_chain_heads(net, chains: list[Chain]) -> None:
     """Defer the top of every chain head that :meth:`Chain.deferrable` allows: the pass
     writes the chain's later blobs only, and the head's top is computed when read. Reading
     what it is computed from first computes it: the head's bottom (and, through Split
-    layers, the blob that bottom shares its memory with) and the head's parameters."""
+    layers, the blob that bottom shares its memory with) and the head's parameters -- but
+    where that bottom is a net input of a recycling net, reading it keeps a copy of the
+    inputs for the computation instead (:mod:`protonet.recycle`)."""
     watchers: dict[int, tuple] = {}
     for chain in chains:
         if not chain.deferrable():
