@@ -133,8 +133,12 @@ class Recycler:
         deferred. A recomputation's own passes (:meth:`materialize`) only run."""
         internal = self._internal > 0
         full = start == 0 and end == len(self.net.layers) - 1
-        if full and self.active and not internal and self._stale():
-            self._plan()
+        if full and self.active and not internal:
+            if self._inputs_reshaped():  # the layers' shapes first, then a plan for them
+                self.net.reshape()
+                self._plan()
+            elif self._stale():
+                self._plan()
         written, ids, touched = self._written_by(start, end)
         if not full and not internal:
             for g in self.groups:
@@ -218,9 +222,12 @@ class Recycler:
             b._pending = g.compute
 
     # -- planning -----------------------------------------------------------------------
+    def _inputs_reshaped(self) -> bool:
+        """Whether an input has another shape than when the plan was made."""
+        return any(b.shape != shape for b, shape in zip(self._graph.sources, self._shapes))
+
     def _stale(self) -> bool:
-        """Whether a blob of the plan has other data now (a reshape gave it a new size: the
-        pass that reshaped it allocated anew, the next one plans again)."""
+        """Whether a blob of the plan has other data now (a reshape gave it a new size)."""
         return any(g.blobs[0]._data is not g.view for g in self.groups if g.buffer is not None)
 
     def _plan(self) -> None:
@@ -251,6 +258,7 @@ class Recycler:
             if g is not None:
                 self.groups.append(g)
         self.groups.sort(key=lambda g: g.first)
+        self._shapes = [b.shape for b in graph.sources]
         self._fit()
         for g in self.groups:
             g.compute = functools.partial(self.materialize, g)
