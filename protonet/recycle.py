@@ -61,14 +61,13 @@ class _Group:
     layer writing it (in place); ``last``: the last layer reading or writing it."""
 
     __slots__ = ("blobs", "first", "ready", "writers_end", "last", "writers", "nbytes",
-                 "buffer", "pinned", "view", "compute", "written")
+                 "buffer", "view", "compute", "written")
 
     def __init__(self, blobs, first, ready, writers_end, last, writers):
         self.blobs, self.first, self.ready, self.writers = blobs, first, ready, writers
         self.writers_end, self.last = writers_end, last
         self.nbytes = blobs[0].count * blobs[0].dtype.itemsize
         self.buffer = None  # index into Recycler.buffers; None once it has its own memory
-        self.pinned = False
         self.written = False  # by a pass since the plan (else it holds zeros, as in Caffe)
         self.view = None    # the array the plan gave blobs[0]
         self.compute = None
@@ -146,6 +145,7 @@ class Recycler:
                     self.materialize(g)
         for g in touched:
             self._pin(g, keep=True)
+            g.written = True
             if start <= g.first:  # written from its first writer on
                 for b in g.blobs:
                     b._pending = None
@@ -153,8 +153,6 @@ class Recycler:
             for g in self.groups:
                 if not g.written and id(g) not in ids:
                     self._pin(g, keep=True)
-        for g in touched:
-            g.written = True
         for g in written:
             g.written = True
             for b in g.blobs:
@@ -335,7 +333,7 @@ class Recycler:
         else:
             _point(g.blobs, np.empty(nbytes, np.uint8))
             self._defer(g)
-        g.buffer, g.pinned = None, True
+        g.buffer = None
         self.pinned_ids.update(id(b) for b in g.blobs)
         for b in g.blobs:
             b._on_read = None
