@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from protonet.kernels import jit
+from protonet.kernels import jit, jit_pool
 from protonet.kernels.conv import conv2d_reference
 
 pytestmark = pytest.mark.skipif(not jit.enabled(), reason="numba is not installed "
@@ -130,7 +130,7 @@ def pooled(method, x, kernel, stride, pad):
     out = tuple(pool_out_size(n, k, p, s, True) for n, k, p, s in
                 zip(x.shape[2:], kernel, pad, stride))
     y = np.full(x.shape[:2] + out, 123.0, x.dtype)
-    jit.pool_part(method, x, y, slice(0, x.shape[0]), slice(0, x.shape[1]), kernel, stride,
+    jit_pool.pool_part(method, x, y, slice(0, x.shape[0]), slice(0, x.shape[1]), kernel, stride,
                   pad)
     return y
 
@@ -148,6 +148,77 @@ def test_pooling_matches_caffes_loops(shape, kernel, stride, pad, method, dtype)
                                atol=tol)
 
 
+def numpy_choice(x, kernel, stride, pad):
+    """MAX values and choices by the numpy kernels (running_max_index on a -inf frame)."""
+    from protonet.kernels import pool as kpool
+    from protonet.kernels.im2col import pool_out_size
+    out = tuple(pool_out_size(n, k, p, s, True) for n, k, p, s in
+                zip(x.shape[2:], kernel, pad, stride))
+    geo = kpool.geometry(x.shape[2:], kernel, pad, stride, out)
+    xp = kpool.frame_tile(x, geo, -np.inf, {}, "f", x.shape[:2])
+    y = np.empty(x.shape[:2] + out, x.dtype)
+    index = np.empty(y.shape, np.int8)
+    kpool.max_pool(xp, y, geo, index, {}, "")
+    return y, index, geo
+
+
+def awkward(shape, dtype, seed):
+    """Random values with ties (rounded to a few levels), NaN, -inf and -FLT_MAX in them."""
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal(shape) * 2).astype(dtype)
+    flat = x.reshape(-1)
+    cells = rng.choice(flat.size, size=(3, max(1, flat.size // 10)), replace=False)
+    flat[cells[0]] = np.nan
+    flat[cells[1]] = -np.inf
+    flat[cells[2]] = -np.finfo(np.float32).max
+    x[0, 0] = np.nan  # a whole plane with nothing to choose
+    return x
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_choice_matches_the_numpy_kernel(shape, kernel, stride, pad, dtype):
+    x = awkward(shape, dtype, 4)
+    want_y, want_index, _ = numpy_choice(x, kernel, stride, pad)
+    y = np.full(want_y.shape, 123.0, dtype)
+    index = np.full(want_y.shape, 99, np.int8)
+    jit_pool.max_pool_choice_part(x, y, index, slice(0, shape[0]), kernel, stride, pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(index, want_index)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+def test_max_and_average_backward_match_the_numpy_kernels(shape, kernel, stride, pad):
+    from protonet.kernels import pool as kpool
+    x = awkward(shape, np.float64, 5)
+    _, index, geo = numpy_choice(x, kernel, stride, pad)
+    dy = np.random.default_rng(6).standard_normal(index.shape)
+    want = np.empty_like(x)
+    kpool.route_selected(index, dy, want, geo, {}, "")
+    dx = np.full_like(x, np.nan)
+    jit_pool.route_max_part(index, dy, dx, slice(0, shape[0]), kernel, stride, pad)
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
+    frame = np.empty((shape[0], shape[1]) + geo.frame)
+    with np.errstate(divide="ignore"):  # a window wholly in the padding: dy / 0, unused
+        kpool.spread_average(dy, frame, geo)
+    (H, W), (ph, pw) = shape[2:], pad
+    dx = np.full_like(x, np.nan)
+    jit_pool.spread_average_part(dy, dx, slice(0, shape[0]), kernel, stride, pad)
+    np.testing.assert_allclose(dx, frame[:, :, ph:ph + H, pw:pw + W], rtol=1e-12, atol=1e-12)
+
+
+def test_the_backward_kernels_write_their_images_only():
+    index = np.zeros((3, 2, 2, 2), np.int8)
+    dy = np.ones((3, 2, 2, 2))
+    for run in (lambda dx: jit_pool.route_max_part(index, dy, dx, slice(1, 2), (2, 2), (2, 2),
+                                                   (0, 0)),
+                lambda dx: jit_pool.spread_average_part(dy, dx, slice(1, 2), (2, 2), (2, 2),
+                                                        (0, 0))):
+        dx = np.full((3, 2, 4, 4), 7.0)
+        run(dx)
+        assert (dx[0] == 7).all() and (dx[2] == 7).all() and not (dx[1] == 7).any()
+
+
 def test_max_pooling_skips_nan_and_minus_infinity_as_caffe():
     x = np.full((1, 1, 4, 4), np.nan, np.float32)
     x[0, 0, 0, 0] = -np.inf
@@ -157,25 +228,36 @@ def test_max_pooling_skips_nan_and_minus_infinity_as_caffe():
     np.testing.assert_array_equal(y[0, 0], [[lowest, lowest], [lowest, 2.0]])
 
 
-def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(cut_everything):
+@pytest.mark.filterwarnings("ignore:overflow")  # AVE over -FLT_MAX cells, on the parts' threads
+@pytest.mark.parametrize("phase", ["TEST", "TRAIN"])
+def test_the_pooling_layer_gives_the_same_with_and_without_compiled_loops(cut_everything,
+                                                                         phase):
+    from protonet.layers.base import TEST, TRAIN
     from protonet.testing import make_layer, setup_layer
     for params, shape in [("pool: MAX kernel_size: 3 stride: 1 pad: 1", (1, 6, 7, 7)),
                           ("pool: MAX kernel_size: 3 stride: 2", (3, 4, 9, 8)),
+                          ("pool: MAX kernel_size: 2 stride: 2", (4, 3, 8, 8)),
                           ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (1, 6, 9, 8)),
                           ("pool: AVE kernel_size: 2 stride: 2", (2, 4, 7, 7))]:
-        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-        tops = []
+        x = awkward(shape, np.float32, 3)
+        dy = np.random.default_rng(7).standard_normal(
+            (shape[0], shape[1]) + (9, 9)).astype(np.float32)
+        results = []
         for on in (True, False):
             jit.set_enabled(on)
             try:
                 layer = make_layer(f'type: "Pooling" pooling_param {{ {params} }}',
+                                   phase=TRAIN if phase == "TRAIN" else TEST,
                                    dtype=np.float32)
                 bottom, top = setup_layer(layer, [x])
                 layer.forward(bottom, top)
-                tops.append(top[0].data.copy())
+                top[0].diff[...] = dy[tuple(slice(0, n) for n in top[0].shape)]
+                layer.backward(top, [True], bottom)
+                results.append((top[0].data.copy(), bottom[0].diff.copy()))
             finally:
                 jit.set_enabled(True)
-        np.testing.assert_allclose(tops[0], tops[1], rtol=1e-6, atol=1e-6)
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_scale, with_shift, relu", [

@@ -14,9 +14,11 @@ layers run it on :mod:`protonet.parallel`'s threads part by part, as they do num
   and channels, with the epilogue's shift and ReLU applied while each row of outputs is in
   registers: one pass over the input and one over the output, where numpy makes two passes
   per kernel tap.
-* :func:`pool_part` -- TEST-phase MAX and AVE pooling of some images and channels.
 * :func:`affine_in_place` -- a convolution's epilogue (``relu?(scale * r + shift)`` per
   channel) in one pass over its output, where numpy makes one per step.
+
+The pooling loops (forward, TEST and TRAIN, and backward) are in
+:mod:`protonet.kernels.jit_pool`.
 """
 from __future__ import annotations
 
@@ -259,138 +261,6 @@ def depthwise_part(x, taps, shift, relu: bool, out, s: slice, cs: slice, stride,
         return stride2(*args)
     _kernel("depthwise", _build_depthwise_any)(*args, stride[0], stride[1], pad[0], pad[1],
                                                dilation[0], dilation[1])
-
-
-# -- pooling --------------------------------------------------------------------------------
-def _build_pool(numba):
-    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
-        # Each input plane goes into a frame whose border holds ``fill`` (the frame is
-        # large enough for the last window), split into sh*sw phases: phase (p, q) holds
-        # the frame's rows p, p + sh, ... and columns q, q + sw, ..., each Hq x Wq, flat.
-        # Output (a, b)'s tap (i, j) is frame cell (a*sh + i, b*sw + j), that is cell
-        # (a + i//sh)*Wq + b + j//sw of phase (i % sh, j % sw): over t = a*Wq + b, each tap
-        # is one contiguous run of (Ho-1)*Wq + Wo cells (the columns past Wo are worked
-        # out and dropped), so the loops are vector-wide even for 7-wide images.
-        H, W = x.shape[2], x.shape[3]
-        Ho, Wo = y.shape[2], y.shape[3]
-        Hq = (max(H + ph, (Ho - 1) * sh + kh) + sh - 1) // sh
-        Wq = (max(W + pw, (Wo - 1) * sw + kw) + sw - 1) // sw
-        plane = Hq * Wq
-        phases = np.full(sh * sw * plane, fill, x.dtype)
-        run = (Ho - 1) * Wq + Wo
-        acc = np.empty(run, x.dtype)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                for r in range(H):
-                    fr = r + ph
-                    if sw == 1:
-                        base = max((fr % sh) * plane + (fr // sh) * Wq + pw, 0)
-                        for u in range(W):
-                            phases[base + u] = x[n, c, r, u]
-                        continue
-                    for q in range(sw):  # the columns c' with (c' + pw) % sw == q
-                        first = (q - pw) % sw
-                        base = max(((fr % sh) * sw + q) * plane + (fr // sh) * Wq
-                                   + (first + pw) // sw, 0)
-                        for u in range((W - first + sw - 1) // sw):
-                            phases[base + u] = x[n, c, r, first + u * sw]
-                for t in range(run):
-                    acc[t] = fill
-                for i in range(kh):
-                    for j in range(kw):
-                        off = max(((i % sh) * sw + j % sw) * plane + (i // sh) * Wq
-                                  + j // sw, 0)
-                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
-                            for t in range(run):
-                                v = phases[off + t]
-                                acc[t] = v if v > acc[t] else acc[t]
-                        else:
-                            for t in range(run):
-                                acc[t] += phases[off + t]
-                for a in range(Ho):
-                    base = max(a * Wq, 0)
-                    for q in range(Wo):
-                        y[n, c, a, q] = acc[base + q]
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
-        # strided windows, separably: per output row, the window's rows (clipped to the
-        # image) are reduced into one row of W (contiguous), then each output column
-        # reduces its kw cells of that row (clipped likewise); the cells a window sees
-        # are the same as in one pass over them
-        H, W = x.shape[2], x.shape[3]
-        Ho, Wo = y.shape[2], y.shape[3]
-        row = np.empty(W, x.dtype)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                for a in range(Ho):
-                    for u in range(W):
-                        row[u] = fill
-                    for r in range(max(a * sh - ph, 0), min(a * sh - ph + kh, H)):
-                        xr = x[n, c, r]
-                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
-                            for u in range(W):
-                                v = xr[u]
-                                row[u] = v if v > row[u] else row[u]
-                        else:
-                            for u in range(W):
-                                row[u] += xr[u]
-                    o = y[n, c, a]
-                    for q in range(Wo):
-                        o[q] = fill
-                    for j in range(kw):  # tap j of column q: row[q*sw + j - pw], if inside
-                        q0 = 0 if j >= pw else (pw - j + sw - 1) // sw
-                        q1 = min(Wo, (W - 1 - j + pw) // sw + 1) if W - 1 - j + pw >= 0 else 0
-                        u0, step = max(q0 * sw + j - pw, 0), max(sw, 1)
-                        o0 = max(q0, 0)
-                        if is_max:
-                            for q in range(q1 - q0):
-                                v = row[u0 + q * step]
-                                o[o0 + q] = v if v > o[o0 + q] else o[o0 + q]
-                        else:
-                            for q in range(q1 - q0):
-                                o[o0 + q] += row[u0 + q * step]
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
-        if sh == 1 and sw == 1:
-            pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
-        else:
-            pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def max_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest):
-        # from -FLT_MAX, as Caffe: a window of padding, NaN or -inf only stays -FLT_MAX
-        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest, True)
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
-    def ave_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw):
-        # the sum over Caffe's pool size: the window clipped to H + ph, W + pw (not to
-        # the image); an empty window gives 0/0, as Caffe's
-        H, W = x.shape[2], x.shape[3]
-        Ho, Wo = y.shape[2], y.shape[3]
-        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, x.dtype.type(0), False)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                for a in range(Ho):
-                    rows = min(a * sh - ph + kh, H + ph) - (a * sh - ph)
-                    for q in range(Wo):
-                        cols = min(q * sw - pw + kw, W + pw) - (q * sw - pw)
-                        y[n, c, a, q] = y[n, c, a, q] / (rows * cols)
-    return max_pool, ave_pool
-
-
-def pool_part(method: str, x, y, s: slice, cs: slice, kernel, stride, pad) -> None:
-    """``y[s, cs]``: MAX (values only) or AVE pooling of ``x (N, C, H, W)`` over Caffe's
-    windows (:func:`protonet.kernels.pool.pool2d_reference`) into ``y (N, C, Ho, Wo)``."""
-    max_pool, ave_pool = _kernel("pool", _build_pool)
-    args = (x, y, s.start, s.stop, cs.start, cs.stop, kernel[0], kernel[1], stride[0],
-            stride[1], pad[0], pad[1])
-    if method == "MAX":
-        max_pool(*args, x.dtype.type(-np.finfo(np.float32).max))
-    else:
-        ave_pool(*args)
 
 
 # -- per-channel affine maps ----------------------------------------------------------------

@@ -13,6 +13,7 @@ from .. import parallel
 from ..blob import Blob
 from ..errors import ProtonetError
 from ..kernels import jit as kjit
+from ..kernels import jit_pool
 from ..kernels import pool as kpool
 from ..kernels.im2col import pool_out_size
 from ..kernels.scratch import buffer as _buffer
@@ -164,8 +165,8 @@ class PoolingLayer(Layer):
                            else None)
             self._max_from = bottom[0] if not keep else None  # (its data then: read anew)
             index = self._index
-        if index is None and not self.geo.single and kjit.enabled():
-            self._compiled(x, y)
+        if not self.geo.single and kjit.enabled():
+            self._compiled(x, y, index)
         elif self.method == _Pool.MAX:
 
             def work(k, s):
@@ -187,16 +188,21 @@ class PoolingLayer(Layer):
         if len(top) > 1:
             top[1].data[...] = self.flat_index()
 
-    def _compiled(self, x, y) -> None:
-        """MAX values or AVE by the compiled loop (:func:`protonet.kernels.jit.pool_part`),
-        straight from the bottom, the images split over the threads. A single image stays
-        on the calling thread: its channels split over two threads made SqueezeNet 1.1's
-        batch-1 pass 2-10% slower, GoogLeNet's 2%."""
+    def _compiled(self, x, y, index=None) -> None:
+        """MAX (and its choices into ``index`` if given) or AVE by the compiled loops
+        (:mod:`protonet.kernels.jit_pool`), straight from the bottom, the images split over
+        the threads. A single image stays on the calling thread: its channels split over
+        two threads made SqueezeNet 1.1's batch-1 pass 2-10% slower, GoogLeNet's 2%."""
         C = x.shape[1]
         method = "MAX" if self.method == _Pool.MAX else "AVE"
 
         def work(k, s):
-            kjit.pool_part(method, x, y, s, slice(0, C), self.window, self.stride, self.pad)
+            if index is not None:
+                jit_pool.max_pool_choice_part(x, y, index, s, self.window, self.stride,
+                                              self.pad)
+            else:
+                jit_pool.pool_part(method, x, y, s, slice(0, C), self.window, self.stride,
+                                   self.pad)
         parallel.run(work, parallel.split(x.shape[0], x.size * len(self.geo.taps)))
 
     def _selection(self) -> np.ndarray:
@@ -207,8 +213,11 @@ class PoolingLayer(Layer):
             index = _buffer(self._buf, "index", (x.shape[0], x.shape[1]) + self.out_hw,
                             self._index_dtype)
             y = np.empty(index.shape, x.dtype)
-            kpool.max_pool(self._framed(x, -np.inf, slice(0, x.shape[0]), "again"), y,
-                           self.geo, index, self._buf, "again")
+            if kjit.enabled():
+                self._compiled(x, y, index)
+            else:
+                kpool.max_pool(self._framed(x, -np.inf, slice(0, x.shape[0]), "again"), y,
+                               self.geo, index, self._buf, "again")
             self._index = index
         return self._index
 
@@ -232,6 +241,15 @@ class PoolingLayer(Layer):
                                   np.where(flat >= 0, dy.reshape(N, C, 1), 0), axis=2)
             return
         index = None if average else self._selection()
+        if kjit.enabled():
+            def work(part, s):
+                if average:
+                    jit_pool.spread_average_part(dy, dx, s, self.window, self.stride, self.pad)
+                else:
+                    jit_pool.route_max_part(index, dy, dx, s, self.window, self.stride,
+                                            self.pad)
+            parallel.run(work, self._parts(dx))
+            return
 
         def tile(part, s):
             if not average and not geo.disjoint:

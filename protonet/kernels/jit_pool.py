@@ -1,0 +1,287 @@
+"""Compiled pooling loops (numba; see :mod:`protonet.kernels.jit` for when they are used).
+
+Definitions: :func:`protonet.kernels.pool.pool2d_reference` (Caffe's windows) and the
+numpy kernels of :mod:`protonet.kernels.pool`, which these loops match exactly: the same
+taps in the same order, the same choice on ties (the first maximum in row-major window
+order), NaN never chosen, a window with no value above ``-inf`` giving ``-FLT_MAX`` and
+choice -1.
+
+* :func:`pool_part` -- MAX (values only) and AVE pooling of some images and channels.
+* :func:`max_pool_choice_part` -- MAX values and the tap each window chose
+  (``i*kw + j`` within the window, as :func:`protonet.kernels.pool.running_max_index`),
+  what a TRAIN forward keeps for backward.
+* :func:`route_max_part` / :func:`spread_average_part` -- backward: each image plane of
+  ``dx`` zeroed and its windows' ``dy`` added in while the plane is in cache, where numpy
+  makes a pass per tap over a framed copy.
+
+Each loop works on images ``n0 <= n < n1`` (channels ``c0 <= c < c1`` for the forward
+ones), so the layers run them on :mod:`protonet.parallel`'s threads part by part.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import _kernel
+
+_LOWEST = -float(np.finfo(np.float32).max)
+
+
+def _build_pool(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        # Each input plane goes into a frame whose border holds ``fill`` (the frame is
+        # large enough for the last window), split into sh*sw phases: phase (p, q) holds
+        # the frame's rows p, p + sh, ... and columns q, q + sw, ..., each Hq x Wq, flat.
+        # Output (a, b)'s tap (i, j) is frame cell (a*sh + i, b*sw + j), that is cell
+        # (a + i//sh)*Wq + b + j//sw of phase (i % sh, j % sw): over t = a*Wq + b, each tap
+        # is one contiguous run of (Ho-1)*Wq + Wo cells (the columns past Wo are worked
+        # out and dropped), so the loops are vector-wide even for 7-wide images.
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        Hq = (max(H + ph, (Ho - 1) * sh + kh) + sh - 1) // sh
+        Wq = (max(W + pw, (Wo - 1) * sw + kw) + sw - 1) // sw
+        plane = Hq * Wq
+        phases = np.full(sh * sw * plane, fill, x.dtype)
+        run = (Ho - 1) * Wq + Wo
+        acc = np.empty(run, x.dtype)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for r in range(H):
+                    fr = r + ph
+                    if sw == 1:
+                        base = max((fr % sh) * plane + (fr // sh) * Wq + pw, 0)
+                        for u in range(W):
+                            phases[base + u] = x[n, c, r, u]
+                        continue
+                    for q in range(sw):  # the columns c' with (c' + pw) % sw == q
+                        first = (q - pw) % sw
+                        base = max(((fr % sh) * sw + q) * plane + (fr // sh) * Wq
+                                   + (first + pw) // sw, 0)
+                        for u in range((W - first + sw - 1) // sw):
+                            phases[base + u] = x[n, c, r, first + u * sw]
+                for t in range(run):
+                    acc[t] = fill
+                for i in range(kh):
+                    for j in range(kw):
+                        off = max(((i % sh) * sw + j % sw) * plane + (i // sh) * Wq
+                                  + j // sw, 0)
+                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
+                            for t in range(run):
+                                v = phases[off + t]
+                                acc[t] = v if v > acc[t] else acc[t]
+                        else:
+                            for t in range(run):
+                                acc[t] += phases[off + t]
+                for a in range(Ho):
+                    base = max(a * Wq, 0)
+                    for q in range(Wo):
+                        y[n, c, a, q] = acc[base + q]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        # strided windows, separably: per output row, the window's rows (clipped to the
+        # image) are reduced into one row of W (contiguous), then each output column
+        # reduces its kw cells of that row (clipped likewise); the cells a window sees
+        # are the same as in one pass over them
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        row = np.empty(W, x.dtype)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for a in range(Ho):
+                    for u in range(W):
+                        row[u] = fill
+                    for r in range(max(a * sh - ph, 0), min(a * sh - ph + kh, H)):
+                        xr = x[n, c, r]
+                        if is_max:  # Caffe's '>': NaN never wins, ties keep the first
+                            for u in range(W):
+                                v = xr[u]
+                                row[u] = v if v > row[u] else row[u]
+                        else:
+                            for u in range(W):
+                                row[u] += xr[u]
+                    o = y[n, c, a]
+                    for q in range(Wo):
+                        o[q] = fill
+                    for j in range(kw):  # tap j of column q: row[q*sw + j - pw], if inside
+                        q0 = 0 if j >= pw else (pw - j + sw - 1) // sw
+                        q1 = min(Wo, (W - 1 - j + pw) // sw + 1) if W - 1 - j + pw >= 0 else 0
+                        u0, step = max(q0 * sw + j - pw, 0), max(sw, 1)
+                        o0 = max(q0, 0)
+                        if is_max:
+                            for q in range(q1 - q0):
+                                v = row[u0 + q * step]
+                                o[o0 + q] = v if v > o[o0 + q] else o[o0 + q]
+                        else:
+                            for q in range(q1 - q0):
+                                o[o0 + q] += row[u0 + q * step]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max):
+        if sh == 1 and sw == 1:
+            pool_planes(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
+        else:
+            pool_rows(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, fill, is_max)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def max_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest):
+        # from -FLT_MAX, as Caffe: a window of padding, NaN or -inf only stays -FLT_MAX
+        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, lowest, True)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def ave_pool(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw):
+        # the sum over Caffe's pool size: the window clipped to H + ph, W + pw (not to
+        # the image); an empty window gives 0/0, as Caffe's
+        H, W = x.shape[2], x.shape[3]
+        Ho, Wo = y.shape[2], y.shape[3]
+        pooled(x, y, n0, n1, c0, c1, kh, kw, sh, sw, ph, pw, x.dtype.type(0), False)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                for a in range(Ho):
+                    rows = min(a * sh - ph + kh, H + ph) - (a * sh - ph)
+                    for q in range(Wo):
+                        cols = min(q * sw - pw + kw, W + pw) - (q * sw - pw)
+                        y[n, c, a, q] = y[n, c, a, q] / (rows * cols)
+    return max_pool, ave_pool
+
+
+def pool_part(method: str, x, y, s: slice, cs: slice, kernel, stride, pad) -> None:
+    """``y[s, cs]``: MAX (values only) or AVE pooling of ``x (N, C, H, W)`` over Caffe's
+    windows (:func:`protonet.kernels.pool.pool2d_reference`) into ``y (N, C, Ho, Wo)``."""
+    max_pool, ave_pool = _kernel("pool", _build_pool)
+    args = (x, y, s.start, s.stop, cs.start, cs.stop, kernel[0], kernel[1], stride[0],
+            stride[1], pad[0], pad[1])
+    if method == "MAX":
+        max_pool(*args, x.dtype.type(-np.finfo(np.float32).max))
+    else:
+        ave_pool(*args)
+
+
+def _build_train(numba):
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def columns(j, W, Wo, sw, pw):
+        # the output columns b whose tap j lies inside the image: 0 <= b*sw - pw + j < W
+        b0 = 0 if j >= pw else (pw - j + sw - 1) // sw
+        b1 = min(Wo, (W - 1 - j + pw) // sw + 1) if W - 1 - j + pw >= 0 else 0
+        return b0, max(b1, b0)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def max_choice(x, y, index, n0, n1, kh, kw, sh, sw, ph, pw, lowest):
+        # the phases of pool_planes (each tap one contiguous run over t = a*Wq + b), the
+        # frame's border -inf; then a running maximum over the taps in row-major order,
+        # the choice moved only by a strictly larger value (">" never picks a NaN or the
+        # border). The choice is arithmetic, not a branch: which tap wins is data, and a
+        # mispredicted branch per cell cost twice the time
+        H, W = x.shape[2], x.shape[3]
+        C, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+        Hq = (max(H + ph, (Ho - 1) * sh + kh) + sh - 1) // sh
+        Wq = (max(W + pw, (Wo - 1) * sw + kw) + sw - 1) // sw
+        plane = Hq * Wq
+        phases = np.full(sh * sw * plane, -np.inf, x.dtype)
+        run = (Ho - 1) * Wq + Wo
+        acc = np.empty(run, x.dtype)
+        pick = np.empty(run, np.int32)
+        for n in range(n0, n1):
+            for c in range(C):
+                for r in range(H):
+                    fr = r + ph
+                    xr = x[n, c, r]
+                    for q in range(sw):  # the columns u with (u + pw) % sw == q
+                        first = (q - pw) % sw
+                        base = max(((fr % sh) * sw + q) * plane + (fr // sh) * Wq
+                                   + (first + pw) // sw, 0)
+                        for t in range((W - first + sw - 1) // sw):
+                            phases[base + t] = xr[first + t * sw]
+                for t in range(run):
+                    acc[t] = -np.inf
+                    pick[t] = -1
+                for i in range(kh):
+                    for j in range(kw):
+                        off = max(((i % sh) * sw + j % sw) * plane + (i // sh) * Wq
+                                  + j // sw, 0)
+                        k = np.int32(i * kw + j)
+                        for t in range(run):
+                            v = phases[off + t]
+                            better = np.int32(v > acc[t])
+                            acc[t] = v if v > acc[t] else acc[t]
+                            pick[t] += better * (k - pick[t])
+                for a in range(Ho):
+                    base = a * Wq
+                    for b in range(Wo):
+                        chosen = pick[base + b]
+                        y[n, c, a, b] = acc[base + b] if chosen >= 0 else lowest
+                        index[n, c, a, b] = chosen
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def route_max(index, dy, dx, n0, n1, kh, kw, sh, sw, ph, pw):
+        # dx[n, c] = 0, then each window's dy added at the cell it chose
+        C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+        Ho, Wo = dy.shape[2], dy.shape[3]
+        for n in range(n0, n1):
+            for c in range(C):
+                plane = dx[n, c]
+                for r in range(H):
+                    for u in range(W):
+                        plane[r, u] = 0
+                for a in range(Ho):
+                    for b in range(Wo):
+                        k = index[n, c, a, b]
+                        if k >= 0:
+                            plane[a * sh - ph + k // kw, b * sw - pw + k % kw] += dy[n, c, a, b]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def spread_average(dy, dx, n0, n1, kh, kw, sh, sw, ph, pw):
+        # dx[n, c] = 0, then per output row: each window's dy over Caffe's pool size,
+        # spread across its kw columns (inside the image) into one row of W, which is
+        # added to each of the window's rows inside the image
+        C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+        Ho, Wo = dy.shape[2], dy.shape[3]
+        row = np.empty(W, dx.dtype)
+        for n in range(n0, n1):
+            for c in range(C):
+                plane = dx[n, c]
+                for r in range(H):
+                    for u in range(W):
+                        plane[r, u] = 0
+                for a in range(Ho):
+                    h0 = a * sh - ph
+                    rows = min(h0 + kh, H + ph) - h0
+                    for u in range(W):
+                        row[u] = 0
+                    for j in range(kw):
+                        b0, b1 = columns(j, W, Wo, sw, pw)
+                        for b in range(b0, b1):
+                            cols = min(b * sw - pw + kw, W + pw) - (b * sw - pw)
+                            row[b * sw - pw + j] += dy[n, c, a, b] / (rows * cols)
+                    for i in range(max(-h0, 0), min(kh, H - h0)):
+                        target = plane[h0 + i]
+                        for u in range(W):
+                            target[u] += row[u]
+    return max_choice, route_max, spread_average
+
+
+def _geometry(kernel, stride, pad) -> tuple:
+    return kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1]
+
+
+def max_pool_choice_part(x, y, index, s: slice, kernel, stride, pad) -> None:
+    """Images ``s`` of ``y (N, C, Ho, Wo)``: MAX over Caffe's windows of ``x (N, C, H, W)``,
+    and of ``index`` (same shape, int8 or int32): the tap ``i*kw + j`` each window chose,
+    -1 where none (``y`` then ``-FLT_MAX``)."""
+    max_choice = _kernel("pool_train", _build_train)[0]
+    max_choice(x, y, index, s.start, s.stop, *_geometry(kernel, stride, pad),
+               x.dtype.type(_LOWEST))
+
+
+def route_max_part(index, dy, dx, s: slice, kernel, stride, pad) -> None:
+    """Images ``s`` of ``dx (N, C, H, W)``: MAX backward, the sum of ``dy (N, C, Ho, Wo)``
+    over the windows whose ``index`` chose each cell (0 where none did)."""
+    route_max = _kernel("pool_train", _build_train)[1]
+    route_max(index, dy, dx, s.start, s.stop, *_geometry(kernel, stride, pad))
+
+
+def spread_average_part(dy, dx, s: slice, kernel, stride, pad) -> None:
+    """Images ``s`` of ``dx (N, C, H, W)``: AVE backward, the sum over the windows holding
+    each cell of ``dy (N, C, Ho, Wo)`` over the window's pool size."""
+    spread_average = _kernel("pool_train", _build_train)[2]
+    spread_average(dy, dx, s.start, s.stop, *_geometry(kernel, stride, pad))
