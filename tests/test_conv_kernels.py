@@ -9,13 +9,15 @@ from protonet.kernels.affine import Epilogue, batchnorm_coefficients, compose, \
     epilogue_reference
 from protonet.kernels.conv import conv2d_reference
 from protonet.kernels.conv_backward import conv2d_backward_reference
+from protonet.layers.base import TEST, TRAIN
 from protonet.testing import make_layer, setup_layer
 
 
-def conv_layer(params):
+def conv_layer(params, phase=TEST):
     return make_layer(f'type: "Convolution" convolution_param {{ {params} '
                       'weight_filler { type: "gaussian" std: 0.3 } '
-                      'bias_filler { type: "gaussian" std: 0.3 } }', dtype=np.float32)
+                      'bias_filler { type: "gaussian" std: 0.3 } }', phase=phase,
+                      dtype=np.float32)
 
 
 CASES = [  # (params, input shape, strategy)
@@ -44,8 +46,9 @@ CASES = [  # (params, input shape, strategy)
 
 
 @pytest.mark.parametrize("params, shape, strategy", CASES)
-def test_forward_and_backward_match_the_definitions(params, shape, strategy, cut_everything):
-    layer = conv_layer(params)
+def test_forward_and_backward_match_the_definitions(params, shape, strategy, cut_everything,
+                                                    phase=TEST):
+    layer = conv_layer(params, phase)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top = setup_layer(layer, [x])
     assert layer.strategy == strategy
@@ -171,6 +174,45 @@ def test_columns_of_large_images_go_one_by_one_or_together(one_by_one, cut_every
     from protonet.kernels import conv as kconv
     monkeypatch.setattr(kconv, "COLUMNS_IMAGE_BYTES", (0, 1 << 40) if one_by_one else (1, 0))
     params = "num_output: 5 kernel_size: 3 pad: 1"
-    test_forward_and_backward_match_the_definitions(params, (5, 2, 17, 16), "columns", None)
+    for phase in (TEST, TRAIN):  # TEST keeps no columns: backward makes them anew
+        test_forward_and_backward_match_the_definitions(params, (5, 2, 17, 16), "columns",
+                                                        None, phase)
     test_epilogue_written_in_cache_matches_step_by_step(params, (5, 2, 17, 16), "columns",
                                                          None)
+
+
+@pytest.mark.parametrize("phase", [TEST, TRAIN])
+@pytest.mark.parametrize("params, shape", [
+    ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (5, 4, 6, 7)),
+    ("num_output: 6 kernel_size: 3 pad: 1 stride: 2", (3, 3, 8, 9)),
+    ("num_output: 4 kernel_size: 3 pad: 1", (4, 3, 16, 17)),  # 256+ outputs an image
+    ("num_output: 4 kernel_size: 1", (3, 3, 5, 6)),
+])
+def test_columns_backward_tile_by_tile_matches_the_definitions(params, shape, phase,
+                                                               cut_everything, monkeypatch):
+    from protonet.kernels import conv as kconv
+    monkeypatch.setattr(kconv, "COLUMN_TILE_BYTES", 1)  # one image a tile
+    monkeypatch.setattr(kconv, "FEW_OUTPUTS", 1 << 20)
+    layer = conv_layer(params, phase)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    bottom, top = setup_layer(layer, [x])
+    layer.strategy = "columns"  # (1x1 too: Caffe's columns, as the layer's fallback)
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    args = (layer.stride, layer.pad, layer.dilation, layer.group)
+    np.testing.assert_allclose(top[0].data, conv2d_reference(x, w, b, *args),
+                               rtol=1e-4, atol=1e-4)
+    dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    for down in (True, False):
+        layer.blobs[0].diff[...] = 0
+        layer.blobs[1].diff[...] = 0
+        bottom[0].diff[...] = 7.0
+        layer.backward(top, [down], bottom)
+        dx, dw, db = conv2d_backward_reference(x, w, dy, *args)
+        if down:
+            np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+        else:
+            assert (bottom[0].diff == 7.0).all()
+        np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(layer.blobs[1].diff, db, rtol=1e-4, atol=1e-4)

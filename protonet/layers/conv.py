@@ -17,7 +17,7 @@ from ..kernels import conv_backward as kback
 from ..kernels.affine import Epilogue
 from ..kernels.im2col import col2im, conv_out_size, im2col
 from ..kernels.scratch import buffer as _buffer
-from .base import Layer, register
+from .base import TRAIN, Layer, register
 from . import conv_nd
 
 #: input channels from which a group-1 convolution runs channels-last
@@ -250,6 +250,9 @@ class ConvolutionLayer(Layer):
         parts = self._parts()
         strategy = self.strategy
         geometry = (self.kernel, self.stride, self.pad, self.dilation)
+        # the columns of every image are kept for backward in TRAIN; in TEST, images
+        # multiplied one by one share one image's buffer, which stays in cache
+        keep = self.phase == TRAIN
         for i, (b, t) in enumerate(zip(bottom, top)):
             x4 = b.data.reshape((N, C) + self.in_hw)
             ep = epilogue or Epilogue([(t.data.reshape(N, O, P), None, bias)])
@@ -268,16 +271,17 @@ class ConvolutionLayer(Layer):
                 elif strategy == "depthwise":
                     kconv.depthwise(x4, w, ep, s, inner, *geometry, self._buf, k)
                 elif strategy == "columns":
-                    kconv.im2col_gemm(x4, w, ep, s, inner, self.group, *geometry, self._buf, k)
+                    kconv.im2col_gemm(x4, w, ep, s, inner, self.group, *geometry, self._buf, k,
+                                      keep=keep)
                 else:  # channels-last: each part frames its own images
                     frame = kconv.frame_channels_last(x4[s], self.pad, self._buf, f"xpad{k}")
                     windows = kconv.windows_channels_last(frame, self.kernel, self.stride,
                                                           self.dilation, self.out_hw)
                     kconv.channels_last_tiles(windows, w_rows, ep, s, self._buf, k)
             parallel.run(work, parts)
-            # backward reuses what the buffers hold: the channels-last frames, or the
+            # backward reuses what the buffers hold: the channels-last frames, or (TRAIN) the
             # columns, of whole-image parts
-            keeps = strategy in ("channels_last", "columns")
+            keeps = strategy == "channels_last" or (strategy == "columns" and keep)
             self._col_of, self._col_parts = (i, parts) if keeps else (None, None)
             self._buf["owner"] = self._token
 
