@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from protonet import parallel
+from protonet.layers import common
 from protonet.testing import check_gradients, make_layer, setup_layer
 
 needs_blas_control = pytest.mark.skipif(parallel._blas() is None,
@@ -17,6 +18,7 @@ def threads(monkeypatch):
     """Force splitting of even tiny work over ``n`` threads; restore afterwards."""
     def use(n):
         monkeypatch.setattr(parallel, "MIN_ITEMS", 0)
+        monkeypatch.setattr(common, "SPLIT_MIN_MACS", 0)  # inner products too
         parallel.set_num_threads(n)
     yield use
     parallel.set_num_threads(None)
@@ -398,3 +400,15 @@ def test_split_eltwise_sum_adds_every_image(in_place, threads):
         layer.reshape(bottom, top)
     layer.forward(bottom, top)
     np.testing.assert_array_equal(top[0].data, a + b)
+
+
+def test_a_small_inner_product_stays_on_the_calling_thread(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(common, "SPLIT_MIN_MACS", 1 << 22)
+    small = make_layer("type: 'InnerProduct' inner_product_param { num_output: 10 }")
+    setup_layer(small, [np.zeros((64, 500))])
+    parts = small._parts(10)
+    assert len(parts) == 1 and parts.small  # BLAS is not woken for it either
+    large = make_layer("type: 'InnerProduct' inner_product_param { num_output: 500 }")
+    setup_layer(large, [np.zeros((64, 800))])
+    assert len(large._parts(500)) == 2
