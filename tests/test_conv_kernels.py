@@ -188,11 +188,9 @@ def test_columns_of_large_images_go_one_by_one_or_together(one_by_one, cut_every
     ("num_output: 4 kernel_size: 3 pad: 1", (4, 3, 16, 17)),  # 256+ outputs an image
     ("num_output: 4 kernel_size: 1", (3, 3, 5, 6)),
 ])
-def test_columns_backward_tile_by_tile_matches_the_definitions(params, shape, phase,
-                                                               cut_everything, monkeypatch):
-    from protonet.kernels import conv as kconv
-    monkeypatch.setattr(kconv, "COLUMN_TILE_BYTES", 1)  # one image a tile
-    monkeypatch.setattr(kconv, "FEW_OUTPUTS", 1 << 20)
+def test_columns_backward_matches_the_definitions_in_both_phases(params, shape, phase,
+                                                                 cut_everything):
+    """TRAIN keeps every image's columns from forward; TEST makes them anew."""
     layer = conv_layer(params, phase)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top = setup_layer(layer, [x])

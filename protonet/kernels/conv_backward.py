@@ -180,59 +180,34 @@ def columns_backward(geometry, group, w, col, x4_part, dy, dx, down, want_w, wan
     """One part's gradients through Caffe's columns: ``(dW (G, O/G, K) or None, db or None)``.
 
     ``col``: the part's columns ``(G, K, n*P)`` (kept from forward, or made anew);
-    ``dy (n, O, P)``, ``dx (n, C, H, W)`` written when ``down``. Several images go in
-    tiles of columns and top diff (:func:`~protonet.kernels.conv.column_tile_bytes`), so that each tile's top diff,
-    rearranged ``(G, O/G, m*P)``, is multiplied while in cache (CIFAR-10 quick's conv1 weight gradient, 75x102400 @ 102400x32: 58 GFLOP/s
-    over the whole part, 90+ by tiles).
+    ``dy (n, O, P)``, ``dx (n, C, H, W)`` written when ``down``.
     """
     kernel, pad, stride, dilation, in_hw, out_hw = geometry
     G = group
     n, O, P = dy.shape
     C = dx.shape[1]
     wg = w.reshape(G, O // G, -1)
-    K = wg.shape[2]
     if n == 1:
         dyg = dy[0].reshape(G, O // G, P)
-        d_w = _columns_tile_backward(col(), dyg, wg, dx, down, want_w, scratch, f"col{key}",
-                                     is_1x1, geometry)
-        return d_w, (dy[0].sum(axis=1) if want_b else None)
-    cols = col().reshape(G, K, n, P)
-    step = max(1, column_tile_bytes(O) // ((G * K + O) * P * dy.itemsize))
-    d_w = None
-    for t0 in range(0, n, step):
-        t = slice(t0, min(t0 + step, n))
-        m = t.stop - t.start
-        dyt = buffer(scratch, f"out{key}", (O, m, P), dy.dtype)
-        dyt[...] = dy[t].transpose(1, 0, 2)
-        part = _columns_tile_backward(cols[:, :, t].reshape(G, K, m * P),
-                                      dyt.reshape(G, O // G, m * P), wg, dx[t], down, want_w,
-                                      scratch, f"dcol{key}", is_1x1, geometry)
-        d_w = part if d_w is None else d_w + part
-    return d_w, (dy.sum(axis=(0, 2)) if want_b else None)
-
-
-def _columns_tile_backward(col, dyg, wg, dx, down, want_w, scratch, dcol_key, is_1x1,
-                           geometry):
-    """dW ``(G, O/G, K)`` (None unless ``want_w``) of images whose columns are ``col
-    (G, K, m*P)`` and top diff ``dyg (G, O/G, m*P)``; their ``dx (m, C, H, W)`` if ``down``,
-    through the scratch buffer ``dcol_key`` (the columns' own, once they are used up)."""
-    kernel, pad, stride, dilation, in_hw, out_hw = geometry
-    G, K, mP = col.shape
-    m, C = dx.shape[:2]
-    # dW (G, O/G, K) = (col (G, K, m*P) @ dy^T (G, m*P, O/G))^T: this orientation of
+    else:
+        dyg = buffer(scratch, f"out{key}", (O, n * P), dy.dtype).reshape(O, n, P)
+        dyg[...] = dy.transpose(1, 0, 2)
+        dyg = dyg.reshape(G, O // G, n * P)
+    d_b = dyg.reshape(O, -1).sum(axis=1) if want_b else None
+    # dW (G, O/G, K) = (col (G, K, n*P) @ dy^T (G, n*P, O/G))^T: this orientation of
     # the product measured 0.5-1.0 of the time of dy @ col^T
-    d_w = (parallel.matmul(col, dyg.transpose(0, 2, 1)).transpose(0, 2, 1) if want_w
+    d_w = (parallel.matmul(col(), dyg.transpose(0, 2, 1)).transpose(0, 2, 1) if want_w
            else None)
     if not down:
-        return d_w
-    if is_1x1 and m == 1:
+        return d_w, d_b
+    if is_1x1 and n == 1:
         parallel.matmul(wg.transpose(0, 2, 1), dyg, out=dx[0].reshape(G, C // G, -1))
-        return d_w
-    # dcol (G, K, m*P) = W^T (G, K, O/G) @ dy (G, O/G, m*P), over the columns
-    dcol = buffer(scratch, dcol_key, (C,) + tuple(kernel) + (m,) + tuple(out_hw), dyg.dtype)
-    parallel.matmul(wg.transpose(0, 2, 1), dyg, out=dcol.reshape(G, K, mP))
+        return d_w, d_b
+    # dcol (G, K, n*P) = W^T (G, K, O/G) @ dy (G, O/G, n*P), over the columns
+    dcol = buffer(scratch, f"col{key}", (C,) + tuple(kernel) + (n,) + tuple(out_hw), dy.dtype)
+    parallel.matmul(wg.transpose(0, 2, 1), dyg, out=dcol.reshape(G, -1, n * P))
     if is_1x1:
-        dx.reshape(m, C, -1)[...] = dcol.reshape(C, m, -1).transpose(1, 0, 2)
+        dx.reshape(n, C, -1)[...] = dcol.reshape(C, n, -1).transpose(1, 0, 2)
     else:
         col2im(dcol, dx.shape, kernel, pad, stride, dilation, out=dx)
-    return d_w
+    return d_w, d_b
