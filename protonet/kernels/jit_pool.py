@@ -1,10 +1,10 @@
 """Compiled pooling loops (numba; see :mod:`protonet.kernels.jit` for when they are used).
 
 Definitions: :func:`protonet.kernels.pool.pool2d_reference` (Caffe's windows) and the
-numpy kernels of :mod:`protonet.kernels.pool`, which these loops match exactly: the same
-taps in the same order, the same choice on ties (the first maximum in row-major window
-order), NaN never chosen, a window with no value above ``-inf`` giving ``-FLT_MAX`` and
-choice -1.
+numpy kernels of :mod:`protonet.kernels.pool`. MAX matches them exactly: the same choice
+on ties (the first maximum in row-major window order), NaN never chosen, a window with no
+value above ``-inf`` giving ``-FLT_MAX`` and choice -1. Sums (AVE, and backward where
+windows overlap) add the same terms in another order, so they agree to float rounding.
 
 * :func:`pool_part` -- MAX (values only) and AVE pooling of some images and channels.
 * :func:`max_pool_choice_part` -- MAX values and the tap each window chose
