@@ -20,6 +20,18 @@ def conv_layer(params, phase=TEST):
                       dtype=np.float32)
 
 
+def forward_matches_the_definition(layer, x, bottom, top):
+    """Run ``layer`` forward, check it, and set a random top diff: ``(w, args, dy)``."""
+    layer.forward(bottom, top)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    args = (layer.stride, layer.pad, layer.dilation, layer.group)
+    np.testing.assert_allclose(top[0].data, conv2d_reference(x, w, b, *args),
+                               rtol=1e-4, atol=1e-4)
+    dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    return w, args, dy
+
+
 CASES = [  # (params, input shape, strategy)
     ("num_output: 6 kernel_size: 1", (1, 5, 6, 7), "1x1"),
     ("num_output: 6 kernel_size: 1", (3, 5, 6, 7), "1x1"),
@@ -54,13 +66,7 @@ def test_forward_and_backward_match_the_definitions(params, shape, strategy, cut
     assert layer.strategy == strategy
     # batch parts; a single image is not cut (its GEMMs run on BLAS's threads)
     assert len(layer._parts()) == (2 if shape[0] > 1 else 1)
-    layer.forward(bottom, top)
-    w, b = layer.blobs[0].data, layer.blobs[1].data
-    args = (layer.stride, layer.pad, layer.dilation, layer.group)
-    np.testing.assert_allclose(top[0].data, conv2d_reference(x, w, b, *args),
-                               rtol=1e-4, atol=1e-4)
-    dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
-    top[0].diff[...] = dy
+    w, args, dy = forward_matches_the_definition(layer, x, bottom, top)
     layer.param_propagate_down = [True, True]
     layer.backward(top, [True], bottom)
     dx, dw, db = conv2d_backward_reference(x, w, dy, *args)
@@ -195,13 +201,7 @@ def test_columns_backward_matches_the_definitions_in_both_phases(params, shape, 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top = setup_layer(layer, [x])
     layer.strategy = "columns"  # (1x1 too: Caffe's columns, as the layer's fallback)
-    layer.forward(bottom, top)
-    w, b = layer.blobs[0].data, layer.blobs[1].data
-    args = (layer.stride, layer.pad, layer.dilation, layer.group)
-    np.testing.assert_allclose(top[0].data, conv2d_reference(x, w, b, *args),
-                               rtol=1e-4, atol=1e-4)
-    dy = np.random.default_rng(1).standard_normal(top[0].shape).astype(np.float32)
-    top[0].diff[...] = dy
+    w, args, dy = forward_matches_the_definition(layer, x, bottom, top)
     for down in (True, False):
         layer.blobs[0].diff[...] = 0
         layer.blobs[1].diff[...] = 0

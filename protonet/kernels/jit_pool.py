@@ -220,9 +220,7 @@ def _build_train(numba):
         for n in range(n0, n1):
             for c in range(C):
                 plane = dx[n, c]
-                for r in range(H):
-                    for u in range(W):
-                        plane[r, u] = 0
+                plane[:, :] = 0
                 for a in range(Ho):
                     for b in range(Wo):
                         k = index[n, c, a, b]
@@ -240,9 +238,7 @@ def _build_train(numba):
         for n in range(n0, n1):
             for c in range(C):
                 plane = dx[n, c]
-                for r in range(H):
-                    for u in range(W):
-                        plane[r, u] = 0
+                plane[:, :] = 0
                 for a in range(Ho):
                     h0 = a * sh - ph
                     rows = min(h0 + kh, H + ph) - h0
