@@ -273,29 +273,28 @@ def _columns_tile(x, wg, ep: Epilogue, s: slice, rows: slice, kernel, stride, pa
             frame[:, :, lo - top:hi - top, pw:pw + W] = x[s, :, lo - ph:hi - ph]
     else:
         frame = x[s, :, top:bottom]
-    col = buffer(scratch, f"col{key}", (C, kh, kw, n, r1 - r0, Wo), x.dtype)
+    shape = (C, kh, kw, n, r1 - r0, Wo)
     fn, fc, fh, fw = frame.strides
     windows = np.lib.stride_tricks.as_strided(
-        frame, col.shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
+        frame, shape, (fc, fh * dh, fw * dwl, fn, fh * sh, fw * sw), writeable=False)
     views = [a.reshape(N, O, Ho * Wo)[s, :, r0 * Wo:r1 * Wo] for a, _, _ in ep.outputs]
-    cols = col.reshape(G, -1, n, P)
     lo, hi = COLUMNS_IMAGE_BYTES
-    if n > 1 and P >= WHOLE_PART_MAX_POSITIONS and lo <= cols[:, :, 0].nbytes <= hi:
+    if n > 1 and P >= WHOLE_PART_MAX_POSITIONS and lo <= C * kh * kw * P * x.itemsize <= hi:
         # large images one by one: (G, O/G, P) = (G, O/G, K) @ (G, K, P), each image's
-        # columns multiplied and finished while they are in cache
-        one = None if keep else buffer(scratch, f"col1{key}", col.shape[:3] + (1,)
-                                       + col.shape[4:], x.dtype)
+        # columns multiplied and finished while they are in cache; without ``keep``, every
+        # image goes through one image's buffer
+        col = buffer(scratch, f"col{key}", shape if keep else shape[:3] + (1,) + shape[4:],
+                     x.dtype)
+        cols = col.reshape(G, -1, col.shape[3], P)
         for k in range(n):
-            if keep:
-                col[:, :, :, k] = windows[:, :, :, k]
-                image_cols = cols[:, :, k]
-            else:  # one image's buffer, which stays in cache
-                one[:, :, :, 0] = windows[:, :, :, k]
-                image_cols = one.reshape(G, -1, P)
+            j = k if keep else 0
+            col[:, :, :, j] = windows[:, :, :, k]
             image = [v[k:k + 1] for v in views]
-            parallel.matmul(wg, image_cols, out=image[0].reshape(G, Og, P))
+            parallel.matmul(wg, cols[:, :, j], out=image[0].reshape(G, Og, P))
             finish_views(image, ep, axis=1)
         return col if keep else None
+    col = buffer(scratch, f"col{key}", shape, x.dtype)
+    cols = col.reshape(G, -1, n, P)
     col[...] = windows
     if n == 1 or P >= WHOLE_PART_MAX_POSITIONS:
         # image by image, straight into the output: (n, G, O/G, P) = (G, O/G, K) @ (n, G, K, P)
