@@ -167,13 +167,11 @@ class Recycler:
             yield
             ok = True
         finally:
-            for g in written:
-                if g.buffer is not None:
-                    if ok:
-                        self.holder[g.buffer] = g  # groups come in pass order: the last wins
-                    else:
-                        self._defer(g)
-            for g in written:
+            if ok:  # groups come in pass order: each buffer holds the last written into it
+                for g in written:
+                    if g.buffer is not None:
+                        self.holder[g.buffer] = g
+            for g in written:  # the rest are deferred (all of them, after a failed pass)
                 if g.buffer is not None and self.holder[g.buffer] is not g:
                     self._defer(g)
             if not internal:
