@@ -51,19 +51,49 @@ CASES = [  # (params, input shape, strategy)
     ("num_output: 8 kernel_size: 3 pad: 1", (2, 16, 7, 6), "channels_last"),
     ("num_output: 8 kernel_size: 3 pad: 1", (1, 16, 7, 6), "columns"),  # one image
     ("num_output: 8 kernel_size: 3 stride: 2", (3, 16, 9, 8), "channels_last"),
-    # a short window (16*3*3 < 320 values) with 64+ outputs stays on the columns
-    ("num_output: 64 kernel_size: 3 pad: 1", (2, 16, 5, 6), "columns"),
+    # a short window (16*3*3 < 320 values) with 64+ outputs stays on BLAS's columns; the
+    # compiled implicit GEMM takes it channels-last (outputs a multiple of the vector width)
+    ("num_output: 64 kernel_size: 3 pad: 1", (2, 16, 5, 6), ("columns", "channels_last")),
     ("num_output: 64 kernel_size: 5 pad: 2", (2, 16, 5, 6), "channels_last"),
+    # compiled: dx as the implicit GEMM of the padded top diff, dW in place
+    ("num_output: 16 kernel_size: 3 pad: 1", (2, 16, 7, 6), "channels_last"),
+    # compiled forward and dW; dx (3 channels) through columns
+    ("num_output: 32 kernel_size: 5 pad: 2", (3, 3, 8, 9), ("columns", "channels_last")),
+    # compiled forward and dW; dx (stride 2) folded from slabs
+    ("num_output: 32 kernel_size: 3 stride: 2 pad: 1", (2, 16, 9, 8), "channels_last"),
+    ("num_output: 48 kernel_h: 5 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 1",
+     (2, 32, 11, 9), "channels_last"),
+    # dilated along the width: the compiled forward does not apply, dW does
+    ("num_output: 16 kernel_h: 3 kernel_w: 2 dilation: 2 stride: 2 pad: 2", (2, 16, 8, 7),
+     "channels_last"),
 ]
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def conv_path(request, monkeypatch):
+    """Channels-last products through BLAS on copied columns, or the compiled implicit GEMM
+    (numba: protonet.kernels.jit_conv)."""
+    from protonet.kernels import jit
+    if request.param == "compiled":
+        if not jit.enabled():
+            pytest.skip("numba is not installed (pip install protonet[fast])")
+    else:
+        monkeypatch.setattr(jit, "_state", {"enabled": False})
+    return request.param
+
+
+def expected_strategy(strategy, path: str) -> str:
+    """A case's strategy: one for both paths, or ``(numpy's, compiled's)``."""
+    return strategy if isinstance(strategy, str) else strategy[path == "compiled"]
+
+
 @pytest.mark.parametrize("params, shape, strategy", CASES)
-def test_forward_and_backward_match_the_definitions(params, shape, strategy, cut_everything,
-                                                    phase=TEST):
+def test_forward_and_backward_match_the_definitions(params, shape, strategy, conv_path,
+                                                    cut_everything, phase=TEST):
     layer = conv_layer(params, phase)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top = setup_layer(layer, [x])
-    assert layer.strategy == strategy
+    assert layer.strategy == expected_strategy(strategy, conv_path)
     # batch parts; a single image is not cut (its GEMMs run on BLAS's threads)
     assert len(layer._parts()) == (2 if shape[0] > 1 else 1)
     w, args, dy = forward_matches_the_definition(layer, x, bottom, top)
@@ -76,11 +106,12 @@ def test_forward_and_backward_match_the_definitions(params, shape, strategy, cut
 
 
 @pytest.mark.parametrize("params, shape, strategy", CASES)
-def test_epilogue_written_in_cache_matches_step_by_step(params, shape, strategy,
+def test_epilogue_written_in_cache_matches_step_by_step(params, shape, strategy, conv_path,
                                                         cut_everything):
     layer = conv_layer(params)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     bottom, top = setup_layer(layer, [x])
+    assert layer.strategy == expected_strategy(strategy, conv_path)
     rng = np.random.default_rng(2)
     O = layer.num_output
     bn = batchnorm_coefficients(rng.normal(0, 1, O), rng.uniform(0.5, 2, O), 1.0, 1e-5)
@@ -121,8 +152,10 @@ def depthwise_path(request, monkeypatch):
 @pytest.mark.parametrize("params, shape", DEPTHWISE_CASES)
 def test_both_depthwise_paths_match_the_definition(params, shape, depthwise_path,
                                                    cut_everything):
-    test_forward_and_backward_match_the_definitions(params, shape, "depthwise", None)
-    test_epilogue_written_in_cache_matches_step_by_step(params, shape, "depthwise", None)
+    test_forward_and_backward_match_the_definitions(params, shape, "depthwise", depthwise_path,
+                                                    None)
+    test_epilogue_written_in_cache_matches_step_by_step(params, shape, "depthwise",
+                                                        depthwise_path, None)
 
 
 def test_depthwise_takes_any_tile(monkeypatch, depthwise_path):
@@ -182,9 +215,9 @@ def test_columns_of_large_images_go_one_by_one_or_together(one_by_one, cut_every
     params = "num_output: 5 kernel_size: 3 pad: 1"
     for phase in (TEST, TRAIN):  # TEST keeps no columns: backward makes them anew
         test_forward_and_backward_match_the_definitions(params, (5, 2, 17, 16), "columns",
-                                                        None, phase)
+                                                        "numpy", None, phase)
     test_epilogue_written_in_cache_matches_step_by_step(params, (5, 2, 17, 16), "columns",
-                                                         None)
+                                                         "numpy", None)
 
 
 @pytest.mark.parametrize("phase", [TEST, TRAIN])

@@ -14,7 +14,10 @@ a kernel; the kernels keep their scratch in a dict the layer owns (:mod:`.scratc
   backward;
 * :mod:`.affine` -- per-channel affine maps (BatchNorm with global statistics, Scale,
   Bias) and the epilogue a convolution or inner product writes through;
-* :mod:`.jit` -- compiled loops (numba, optional) for the depthwise convolution and the
-  TEST-phase MAX and AVE pooling, which numpy can only do pass by pass; the numpy kernels
-  above stay the fallback and are tested beside them.
+* :mod:`.jit`, :mod:`.jit_pool` -- compiled loops (numba, optional) for the depthwise
+  convolution, the convolutions' epilogue and pooling, which numpy can only do pass by
+  pass; :mod:`.jit_conv` -- a channels-last convolution as an implicit GEMM (a
+  register-tiled kernel reading the padded frame in place: no columns), forward, backward
+  data and weight gradient. The numpy kernels above stay the fallback and are tested
+  beside them.
 """

@@ -17,9 +17,10 @@ or a folded BatchNorm/Scale chain and ReLU) while the part's result is in cache:
   over channels-last windows (:func:`depthwise_channels_last`);
 * :func:`im2col_gemm`: Caffe's columns ``(C*kh*kw, Ho*Wo)`` per image (any group),
   ``(G, O/G, K) @ (G, K, P)``, output rows ``rows`` of one image at a time;
-* :func:`channels_last_tiles`: the image padded channels-last, whose windows are one
-  strided view; tiles of a few images are copied out ``(t*Ho*Wo, kh*kw*C)`` and
-  multiplied while in cache (group 1, many channels, large batches).
+* :func:`channels_last_conv`: the image padded channels-last, whose windows are one
+  strided view; the compiled implicit GEMM (:mod:`~protonet.kernels.jit_conv`) reads
+  them in place, or (:func:`channels_last_tiles`) tiles of a few images are copied out
+  ``(t*Ho*Wo, kh*kw*C)`` and multiplied by BLAS while in cache (group 1, several images).
 
 Weights are read as the caller holds them on every call (nothing is cached across
 calls, so a change to the parameters shows on the next pass); a kernel that copies
@@ -30,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import parallel
-from . import jit
+from . import jit, jit_conv
 from .affine import Epilogue, finish_buffer, finish_views
 from .im2col import (conv_out_size, pad_channels_last,  # noqa: F401 (for the layers)
                      phase_planes, windows_channels_last)
@@ -350,21 +351,92 @@ def column_tile_bytes(outputs: int) -> int:
     return COLUMN_TILE_BYTES if outputs <= FEW_OUTPUTS else parallel.TILE_BYTES
 
 
-def weight_rows(w, scale=None, out=None) -> np.ndarray:
-    """``w (O, C, kh, kw)`` as ``(O, kh*kw*C)``, each row in channels-last window order
-    (a copy; times ``scale[o]`` if given). Multiplied as ``cols @ weight_rows.T``."""
+def weight_columns(w, scale=None, out=None, chunk: int | None = None) -> np.ndarray:
+    """``w (O, C, kh, kw)`` as the matrix ``(kh*kw*C, O)`` whose column ``o`` is filter
+    ``o`` in channels-last window order, held in chunks of ``chunk`` columns (all ``O``
+    by default): ``(O/chunk, kh*kw*C, chunk)`` (a copy; times ``scale[o]`` if given).
+    Multiplied as ``windows (P, kh*kw*C) @`` the matrix."""
     O, C, kh, kw = w.shape
-    out = np.empty((O, kh, kw, C), w.dtype) if out is None else out.reshape(O, kh, kw, C)
+    q = O if chunk is None else chunk
+    shape = (O // q, kh, kw, C, q)
+    out = np.empty(shape, w.dtype) if out is None else out.reshape(shape)
+    blocks = w.reshape(O // q, q, C, kh, kw).transpose(0, 3, 4, 2, 1)
     if scale is None:
-        out[...] = w.transpose(0, 2, 3, 1)
+        out[...] = blocks
     else:
-        np.multiply(w.transpose(0, 2, 3, 1), scale[:, None, None, None], out=out)
-    return out.reshape(O, -1)
+        np.multiply(blocks, scale.reshape(O // q, 1, 1, 1, q), out=out)
+    return out.reshape(O // q, -1, q)
 
 
-def channels_last_tiles(windows, w_rows, ep: Epilogue, s: slice, scratch: dict, key,
+def column_matrix(w3) -> np.ndarray:
+    """The ``(K, O)`` matrix of weights held in chunks ``(O/q, K, q)`` (a view for one
+    chunk, else a copy)."""
+    return w3[0] if w3.shape[0] == 1 else w3.transpose(1, 0, 2).reshape(w3.shape[1], -1)
+
+
+def channels_last_conv(frame, w_cols, ep: Epilogue, s: slice, geometry, scratch: dict,
+                       key) -> None:
+    """``r (n, O, Ho*Wo) = windows (n, Ho, Wo, kh, kw, C) @ w_cols``, the weights
+    ``(kh*kw*C, O)`` in chunks (:func:`weight_columns`, chunked by
+    :func:`~protonet.kernels.jit_conv.chunk`).
+
+    ``frame`` is images ``s`` padded channels-last ``(n, Hp, Wp, C)`` and ``geometry``
+    ``(kernel, stride, dilation, (Ho, Wo))``. The compiled implicit GEMM
+    (:mod:`~protonet.kernels.jit_conv`) where it applies, tile by tile of output rows
+    ``(positions, O)`` finished and transposed while in cache (whole images, or a large
+    image's positions in pieces); else the windows copied into columns tile by tile and
+    multiplied by BLAS (:func:`channels_last_tiles`).
+    """
+    kernel, stride, dilation, out_hw = geometry
+    O = w_cols.shape[0] * w_cols.shape[2]
+    if not (jit_conv.supported(O, dilation[1], w_cols.dtype)
+            and w_cols.shape[2] == jit_conv.chunk(O)):
+        windows = windows_channels_last(frame, kernel, stride, dilation, out_hw)
+        channels_last_tiles(windows, column_matrix(w_cols), ep, s, scratch, key)
+        return
+    n, P = frame.shape[0], out_hw[0] * out_hw[1]
+    arrays = [a.reshape(a.shape[0], O, -1) for a, _, _ in ep.outputs]
+    for t, positions in image_position_tiles(n, P, O * frame.itemsize, EPILOGUE_TILE_BYTES):
+        m = t.stop - t.start  # whole images, or one image's positions
+        rows = buffer(scratch, f"out{key}", (m * (positions.stop - positions.start), O),
+                      frame.dtype)
+        first = t.start * P + positions.start
+        jit_conv.conv_rows(frame, w_cols, rows, slice(first, first + rows.shape[0]), kernel,
+                           stride, dilation, out_hw)
+        images = slice(s.start + t.start, s.start + t.stop)
+
+        def emit(k, buf, images=images, positions=positions, m=m):
+            transpose_rows(arrays[k][images, :, positions], buf.reshape(m, -1, O))
+        finish_buffer(rows, ep, axis=1, emit=emit)
+
+
+def image_position_tiles(n: int, P: int, position_bytes: int, tile_bytes: int):
+    """``(images, positions)`` tiles of ``n`` images of ``P`` positions: whole images
+    (``positions`` all ``P``) while one fits in ``tile_bytes``, else one image at a time
+    in pieces of positions."""
+    if P * position_bytes <= tile_bytes:
+        return [(t, slice(0, P)) for t in parallel.tiles(slice(0, n), P * position_bytes,
+                                                         tile_bytes)]
+    step = max(1, tile_bytes // position_bytes)
+    return [(slice(i, i + 1), slice(a, min(P, a + step)))
+            for i in range(n) for a in range(0, P, step)]
+
+
+#: positions per block of :func:`transpose_rows`
+TRANSPOSE_BLOCK = 128
+
+
+def transpose_rows(dst, rows) -> None:
+    """``dst (m, O, p) = rows (m, p, O)`` transposed, :data:`TRANSPOSE_BLOCK` positions at a
+    time: a block's rows stay in the L1 cache while they are written out as ``O`` short
+    runs (0.6 ns a value here, against 1.2 for 1 MB at once and 6 for 3 MB)."""
+    for a in range(0, rows.shape[1], TRANSPOSE_BLOCK):
+        dst[:, :, a:a + TRANSPOSE_BLOCK] = rows[:, a:a + TRANSPOSE_BLOCK].transpose(0, 2, 1)
+
+
+def channels_last_tiles(windows, w_cols, ep: Epilogue, s: slice, scratch: dict, key,
                         x=None):
-    """``r (n, O, Ho*Wo) = windows (n, Ho, Wo, kh, kw, C) @ w_rows (O, K)^T``, tile by tile.
+    """``r (n, O, Ho*Wo) = windows (n, Ho, Wo, kh, kw, C) @ w_cols (K, O)``, tile by tile.
 
     ``windows`` are those of images ``s``. Each tile's windows are copied into a column
     buffer ``(t*P, K)``, multiplied into rows ``(t*P, O)``, finished by ``ep`` in place
@@ -373,8 +445,8 @@ def channels_last_tiles(windows, w_rows, ep: Epilogue, s: slice, scratch: dict, 
     tiles and returned as ``(O, K)`` (backward-data's columns yield the weight gradient).
     """
     n, Ho, Wo = windows.shape[:3]
-    P, (O, K) = Ho * Wo, w_rows.shape
-    dtype = w_rows.dtype
+    P, (K, O) = Ho * Wo, w_cols.shape
+    dtype = w_cols.dtype
     arrays = [a.reshape(a.shape[0], O, -1) for a, _, _ in ep.outputs]
     product = None if x is None else np.zeros((O, K), dtype)
     for t in parallel.tiles(slice(0, n), P * K * np.dtype(dtype).itemsize,
@@ -387,7 +459,7 @@ def channels_last_tiles(windows, w_rows, ep: Epilogue, s: slice, scratch: dict, 
         if x is not None:
             rows.reshape(m, P, O)[...] = x[t].reshape(m, O, P).transpose(0, 2, 1)
             product += parallel.matmul(rows.T, col)
-        parallel.matmul(col, w_rows.T, out=rows)
+        parallel.matmul(col, w_cols, out=rows)
         images = slice(s.start + t.start, s.start + t.stop)
 
         def emit(k, buf, images=images, m=m):

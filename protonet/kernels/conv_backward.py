@@ -14,7 +14,7 @@ Two families, each for one batch part (its images ``s``), as the forward kernels
 * channels-last (group 1): with stride 1, ``dx`` is a convolution of the zero-padded top
   diff with the flipped, transposed weights, whose columns also give ``dw``
   (:func:`channels_last_backward` through
-  :func:`~protonet.kernels.conv.channels_last_tiles`); otherwise ``dw`` from the input
+  :func:`~protonet.kernels.conv.channels_last_conv`); otherwise ``dw`` from the input
   windows tile by tile and ``dx`` folded from per-tap slabs of one batched matmul.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ import numpy as np
 
 from .. import parallel
 from .affine import Epilogue
-from .conv import channels_last_tiles, column_tile_bytes, frame_channels_last
+from . import jit_conv
+from .conv import (channels_last_conv, channels_last_tiles, column_matrix, column_tile_bytes,
+                   frame_channels_last)
 from .im2col import col2im, windows_channels_last
 from .scratch import buffer
 
@@ -72,13 +74,16 @@ def full_conv_pad(kernel, pad, stride, dilation, in_hw, out_hw):
     return full
 
 
-def flipped_weight_rows(w, scratch: dict) -> np.ndarray:
-    """The backward-data convolution's weights as ``(C, kh*kw*O)`` (rows in channels-last
-    window order of the top diff): ``w[o, c, kh-1-i, kw-1-j]`` at ``(c, (i, j, o))``."""
+def flipped_weight_columns(w, scratch: dict, chunk: int | None = None) -> np.ndarray:
+    """The backward-data convolution's weights, the matrix ``(kh*kw*O, C)`` (rows in
+    channels-last window order of the top diff, ``w[o, c, kh-1-i, kw-1-j]`` at
+    ``((i, j, o), c)``) in chunks of ``chunk`` columns: ``(C/chunk, kh*kw*O, chunk)``."""
     O, C, kh, kw = w.shape
-    cols = buffer(scratch, "wflip", (kh, kw, O, C), w.dtype,
-                  copy_of=w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
-    return cols.reshape(-1, C).T
+    q = C if chunk is None else chunk
+    cols = buffer(scratch, "wflip", (C // q, kh, kw, O, q), w.dtype,
+                  copy_of=w[:, :, ::-1, ::-1].reshape(O, C // q, q, kh, kw)
+                  .transpose(1, 3, 4, 0, 2))
+    return cols.reshape(C // q, -1, q)
 
 
 def weight_slabs(w, scratch: dict) -> np.ndarray:
@@ -95,21 +100,33 @@ def channels_last_backward(geometry, k, x4, dy, dx, down, frame_kept, want_w, wa
     ``geometry = (kernel, pad, stride, dilation, in_hw, out_hw)``; ``x4 (n, C, H, W)`` the
     part's images, ``dy (n, O, Ho*Wo)`` their top diff, ``dx (n, C, H, W)`` written when
     ``down``. ``frame_kept``: the forward's channels-last frame of ``x4`` is still in
-    ``scratch`` (``xpad{k}``). ``w_data``: :func:`flipped_weight_rows` when
+    ``scratch`` (``xpad{k}``). ``w_data``: :func:`flipped_weight_columns` when
     :func:`full_conv_pad` applies, else :func:`weight_slabs` (made once for all parts).
+    Where the compiled kernels apply (:mod:`~protonet.kernels.jit_conv`), ``dx`` is the
+    implicit GEMM of the padded top diff and ``dW`` sums the input frame's windows against
+    the top diff in place; else both come from copied columns and BLAS.
     """
     kernel, pad, stride, dilation, in_hw, out_hw = geometry
     n, C = x4.shape[:2]
     O = dy.shape[1]
     (kh, kw), P = kernel, out_hw[0] * out_hw[1]
     d_b = dy.sum(axis=(0, 2)) if want_b else None
+    compiled_w = want_w and jit_conv.supported(O, dtype=dy.dtype)
     full = full_conv_pad(kernel, pad, stride, dilation, in_hw, out_hw) if down else None
-    if full is not None:  # one unfold of dy serves dx and dW
+    if full is not None:
         frame = frame_channels_last(dy.reshape((n, O) + tuple(out_hw)), full, scratch,
                                     f"dypad{k}")
+        into_dx = Epilogue([(dx.reshape(n, C, -1), None, None)])
+        if jit_conv.supported(C, dilation[1], dy.dtype) and (compiled_w or not want_w):
+            channels_last_conv(frame, w_data, into_dx, slice(0, n),
+                               (kernel, (1, 1), dilation, in_hw), scratch, k)
+            top = frame[:, full[0]:full[0] + out_hw[0], full[1]:full[1] + out_hw[1]]
+            return (_compiled_weight_gradient(geometry, k, x4, top, frame_kept, scratch)
+                    if want_w else None), d_b
+        # one unfold of dy serves dx and dW
         windows = windows_channels_last(frame, kernel, (1, 1), dilation, in_hw)
-        d_w = channels_last_tiles(windows, w_data, Epilogue([(dx.reshape(n, C, -1), None, None)]),
-                                  slice(0, n), scratch, k, x=x4 if want_w else None)
+        d_w = channels_last_tiles(windows, column_matrix(w_data), into_dx, slice(0, n),
+                                  scratch, k, x=x4 if want_w else None)
         # dW[o, c, i, j] = (the flipped kernel's gradient)[c, kh-1-i, kw-1-j, o]
         return (None if d_w is None else
                 d_w.reshape(C, kh, kw, O)[:, ::-1, ::-1].transpose(3, 0, 1, 2)), d_b
@@ -118,17 +135,37 @@ def channels_last_backward(geometry, k, x4, dy, dx, down, frame_kept, want_w, wa
     rows = buffer(scratch, f"out{k}", (n, P, O), dy.dtype)  # dy rows, for dW and dx
     rows[...] = dy.transpose(0, 2, 1)
     d_w = None
-    if want_w:
-        if frame_kept:
-            shape = (n, in_hw[0] + 2 * pad[0], in_hw[1] + 2 * pad[1], C)
-            frame = buffer(scratch, f"xpad{k}", shape, x4.dtype)
-        else:
-            frame = frame_channels_last(x4, pad, scratch, f"xpad{k}")
-        windows = windows_channels_last(frame, kernel, stride, dilation, out_hw)
+    if compiled_w:
+        d_w = _compiled_weight_gradient(geometry, k, x4, rows.reshape((n,) + tuple(out_hw)
+                                                                       + (O,)),
+                                        frame_kept, scratch)
+    elif want_w:
+        windows = windows_channels_last(_input_frame(geometry, k, x4, frame_kept, scratch),
+                                        kernel, stride, dilation, out_hw)
         d_w = weight_gradient_tiles(windows, rows, scratch, k)
     if down:
         fold_slabs(geometry, rows, w_data, dx, scratch, k)
     return d_w, d_b
+
+
+def _input_frame(geometry, k, x4, frame_kept, scratch) -> np.ndarray:
+    """The part's input padded channels-last ``(n, Hp, Wp, C)``: the forward's, if kept."""
+    pad, in_hw = geometry[1], geometry[4]
+    if frame_kept:
+        shape = (x4.shape[0], in_hw[0] + 2 * pad[0], in_hw[1] + 2 * pad[1], x4.shape[1])
+        return buffer(scratch, f"xpad{k}", shape, x4.dtype)
+    return frame_channels_last(x4, pad, scratch, f"xpad{k}")
+
+
+def _compiled_weight_gradient(geometry, k, x4, top, frame_kept, scratch) -> np.ndarray:
+    """dW ``(O, C, kh, kw)`` from the input frame's windows and ``top`` ``(n, Ho, Wo, O)``,
+    the top diff channels-last, by :func:`~protonet.kernels.jit_conv.weight_gradient`."""
+    kernel, _, stride, dilation = geometry[:4]
+    (kh, kw), C, O = kernel, x4.shape[1], top.shape[3]
+    d_w = np.zeros((kh * kw * C, O), top.dtype)
+    jit_conv.weight_gradient(_input_frame(geometry, k, x4, frame_kept, scratch), top, d_w,
+                             kernel, stride, dilation)
+    return d_w.reshape(kh, kw, C, O).transpose(3, 2, 0, 1)
 
 
 def weight_gradient_tiles(windows, rows, scratch: dict, key) -> np.ndarray:

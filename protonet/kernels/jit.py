@@ -18,7 +18,8 @@ layers run it on :mod:`protonet.parallel`'s threads part by part, as they do num
   channel) in one pass over its output, where numpy makes one per step.
 
 The pooling loops (forward, TEST and TRAIN, and backward) are in
-:mod:`protonet.kernels.jit_pool`.
+:mod:`protonet.kernels.jit_pool`, the channels-last convolution's implicit GEMM in
+:mod:`protonet.kernels.jit_conv`.
 """
 from __future__ import annotations
 

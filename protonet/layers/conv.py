@@ -14,17 +14,24 @@ import numpy as np
 from .. import parallel
 from ..kernels import conv as kconv
 from ..kernels import conv_backward as kback
+from ..kernels import jit_conv
 from ..kernels.affine import Epilogue
 from ..kernels.im2col import col2im, conv_out_size, im2col
 from ..kernels.scratch import buffer as _buffer
 from .base import TRAIN, Layer, register
 from . import conv_nd
 
-#: input channels from which a group-1 convolution runs channels-last
+#: input channels from which a group-1 convolution runs channels-last through BLAS.
+#: Below these channels, the compiled implicit GEMM takes a convolution only if an image's
+#: output fits one tile (:data:`~protonet.kernels.conv.EPILOGUE_TILE_BYTES`): with few
+#: channels the product is little work, and the pass that transposes a large image's
+#: output rows costs more than it (SqueezeNet 1.1's conv1, 3 channels, 113x113 outputs:
+#: 12.2 ms against 5.6 through the columns, whose GEMM writes NCHW directly)
 CHANNELS_LAST_MIN = 16
-#: ``(values, outputs)``: a convolution whose window holds fewer values (``C*kh*kw``) and
-#: that has at least this many outputs stays on Caffe's columns even so (measured 1.1-1.3x
-#: faster there: SqueezeNet's 3x3 expand layers, 16 -> 64 and 32 -> 128 channels)
+#: ``(values, outputs)``: without the compiled implicit GEMM, a convolution whose window
+#: holds fewer values (``C*kh*kw``) and that has at least this many outputs stays on Caffe's
+#: columns even so (measured 1.1-1.3x faster there than BLAS on channels-last tiles:
+#: SqueezeNet's 3x3 expand layers, 16 -> 64 and 32 -> 128 channels)
 SHORT_WINDOW_COLUMNS = (320, 64)
 
 
@@ -93,8 +100,10 @@ class ConvolutionLayer(Layer):
 
     The 2-D kernel (:attr:`strategy`): ``"1x1"`` (a plain GEMM, no columns),
     ``"depthwise"`` (``group == C == O``: per-tap multiply-adds), ``"channels_last"``
-    (group 1, at least :data:`CHANNELS_LAST_MIN` channels and several images, the window
-    not short (:data:`SHORT_WINDOW_COLUMNS`): cache-sized tiles of channels-last columns)
+    (group 1, several images, and either the compiled implicit GEMM applies
+    (:mod:`~protonet.kernels.jit_conv`: float32, outputs a multiple of the vector width)
+    or at least :data:`CHANNELS_LAST_MIN` channels and a window that is not short
+    (:data:`SHORT_WINDOW_COLUMNS`): cache-sized tiles of channels-last columns)
     or ``"columns"`` (Caffe's im2col and one GEMM per group). The batch is cut into one
     part per thread; a single image's GEMMs run on BLAS's threads.
     """
@@ -174,7 +183,10 @@ class ConvolutionLayer(Layer):
             return "1x1"
         short = (C * self.kernel[0] * self.kernel[1] < SHORT_WINDOW_COLUMNS[0]
                  and O >= SHORT_WINDOW_COLUMNS[1])
-        if G == 1 and C >= CHANNELS_LAST_MIN and self.num > 1 and not short:
+        image_rows = O * math.prod(self.out_hw) * 4  # one image's output rows, float32
+        compiled = jit_conv.supported(O, self.dilation[1], self.blobs[0].data.dtype) and (
+            C >= CHANNELS_LAST_MIN or image_rows <= kconv.EPILOGUE_TILE_BYTES)
+        if G == 1 and self.num > 1 and (compiled or (C >= CHANNELS_LAST_MIN and not short)):
             return "channels_last"
         return "columns"  # a single image: its GEMMs run on BLAS's threads, fastest this way
 
@@ -256,15 +268,16 @@ class ConvolutionLayer(Layer):
         for i, (b, t) in enumerate(zip(bottom, top)):
             x4 = b.data.reshape((N, C) + self.in_hw)
             ep = epilogue or Epilogue([(t.data.reshape(N, O, P), None, bias)])
-            w_rows = None
+            w_cols = None
             if strategy == "channels_last":
                 scale = ep.outputs[0][1]
-                w_rows = kconv.weight_rows(w, scale, _buffer(self._buf, "wrows", w.shape,
-                                                             w.dtype))
+                w_cols = kconv.weight_columns(
+                    w, scale, _buffer(self._buf, "wcols", w.shape, w.dtype),
+                    jit_conv.chunk(O, self.dilation[1], w.dtype))
                 if scale is not None:
                     ep = ep.without_first_scale()
 
-            def work(k, part, x4=x4, ep=ep, w_rows=w_rows):
+            def work(k, part, x4=x4, ep=ep, w_cols=w_cols):
                 s, inner = part
                 if strategy == "1x1":
                     kconv.conv_1x1(x4, w.reshape(O, C), ep, s, inner, self.stride, self._buf, k)
@@ -275,9 +288,8 @@ class ConvolutionLayer(Layer):
                                       keep=keep)
                 else:  # channels-last: each part frames its own images
                     frame = kconv.frame_channels_last(x4[s], self.pad, self._buf, f"xpad{k}")
-                    windows = kconv.windows_channels_last(frame, self.kernel, self.stride,
-                                                          self.dilation, self.out_hw)
-                    kconv.channels_last_tiles(windows, w_rows, ep, s, self._buf, k)
+                    kconv.channels_last_conv(frame, w_cols, ep, s, (self.kernel, self.stride,
+                                             self.dilation, self.out_hw), self._buf, k)
             parallel.run(work, parts)
             # backward reuses what the buffers hold: the channels-last frames, or (TRAIN) the
             # columns, of whole-image parts
@@ -309,7 +321,8 @@ class ConvolutionLayer(Layer):
             if propagate_down[i] and channels_last:
                 full = kback.full_conv_pad(*self._geometry)
                 w_data = (kback.weight_slabs(w, self._buf) if full is None
-                          else kback.flipped_weight_rows(w, self._buf))
+                          else kback.flipped_weight_columns(
+                              w, self._buf, jit_conv.chunk(C, self.dilation[1], w.dtype)))
 
             def work(k, part, x4=x4, dx=dx, dy=dy, down=propagate_down[i], kept=kept):
                 s = part[0]
