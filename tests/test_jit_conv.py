@@ -215,3 +215,53 @@ def test_few_channels_and_large_images_stay_on_the_columns(channels, monkeypatch
     monkeypatch.setattr(kconv, "EPILOGUE_TILE_BYTES", 4 * V * 16 - 1)  # one image: 16 rows
     setup_layer(layer, [x])
     assert layer.strategy == ("columns" if channels < 16 else "channels_last")
+
+
+AVX2_CHECK = """
+import numpy as np
+from protonet.kernels import jit_conv
+from protonet.kernels.conv import conv2d_reference, weight_columns
+from protonet.kernels.conv_backward import conv2d_backward_reference
+assert jit_conv.vector_width() == 8, jit_conv.vector_width()
+rng = np.random.default_rng(0)
+for O, kernel, stride in ((8, (3, 3), (1, 1)), (16, (5, 3), (2, 1)), (40, (3, 3), (1, 2)),
+                          (96, (1, 1), (1, 1))):
+    x = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((O, 5) + kernel).astype(np.float32)
+    frame = np.zeros((2, 11, 10, 5), np.float32)
+    frame[:, 1:10, 1:9] = x.transpose(0, 2, 3, 1)
+    want = conv2d_reference(x, w, stride=stride, pad=(1, 1))
+    Ho, Wo = want.shape[2:]
+    out = np.empty((2 * Ho * Wo, O), np.float32)
+    jit_conv.conv_rows(frame, weight_columns(w, chunk=jit_conv.chunk(O)), out,
+                       slice(0, 2 * Ho * Wo), kernel, stride, (1, 1), (Ho, Wo))
+    np.testing.assert_allclose(out.reshape(2, Ho, Wo, O).transpose(0, 3, 1, 2), want,
+                               rtol=1e-5, atol=1e-4)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    dw = np.zeros((np.prod(kernel) * 5, O), np.float32)
+    jit_conv.weight_gradient(frame, np.ascontiguousarray(dy.transpose(0, 2, 3, 1)), dw,
+                             kernel, stride, (1, 1))
+    ref = conv2d_backward_reference(x, w, dy, stride, (1, 1))[1]
+    np.testing.assert_allclose(dw.reshape(kernel + (5, O)).transpose(3, 2, 0, 1), ref,
+                               rtol=1e-4, atol=1e-3)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_the_eight_wide_kernels_of_a_cpu_without_avx512():
+    """Compiled as for AVX2 (numba told the CPU lacks AVX-512): 8-float vectors, 16
+    registers, other tile heights -- the code such a CPU runs, checked here too."""
+    import os
+    import subprocess
+    import sys
+    from llvmlite import binding
+    features = binding.get_host_cpu_features().flatten().split(",")
+    if "+avx2" not in features:
+        pytest.skip("this CPU has no AVX2")
+    wide = ("+avx512", "+avx10", "+amx", "+evex512")
+    features = ["-" + f[1:] if f.startswith(wide) else f for f in features]
+    env = dict(os.environ, NUMBA_CPU_FEATURES=",".join(features))
+    done = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -18,8 +18,15 @@ from numba.extending import intrinsic
 
 def _host() -> tuple[int, int]:
     """``(V, registers)``: floats per vector and vector registers of the CPU numba compiles
-    for (AVX-512: 16 and 32; else 8 and 16, as with AVX2)."""
-    return (16, 32) if binding.get_host_cpu_features().get("avx512f", False) else (8, 16)
+    for (AVX-512: 16 and 32; else 8 and 16, as with AVX2). Read from the features numba
+    compiles with, which also key its disk cache: code cached for other features (and so
+    another ``V``) is never loaded here."""
+    from numba.core import config
+    if config.CPU_FEATURES is not None:  # NUMBA_CPU_FEATURES
+        avx512 = "+avx512f" in config.CPU_FEATURES.split(",")
+    else:
+        avx512 = binding.get_host_cpu_features().get("avx512f", False)
+    return (16, 32) if avx512 else (8, 16)
 
 
 V, REGISTERS = _host()
