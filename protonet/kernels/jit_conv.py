@@ -16,11 +16,12 @@ the roles turned round: ``dw[k, o] = sum over positions p of frame.flat[base(p) 
 Both run on one micro-kernel (:func:`protonet.kernels.jit_conv_loops._tile`): ``R`` rows of
 the result, each ``NV`` vectors of ``V`` outputs wide, stay in registers while the sum
 runs; each step loads ``NV`` vectors of the right operand and broadcasts one value of the
-left one per row. BLAS's
-GEMM copies both operands into packed panels first, which for these products -- few
-output columns (32, 64), a long sum -- costs about as much as the multiply-adds, and the
-columns would have to be copied out of the frame before that (CIFAR-10 quick's 5x5
-convolutions, one core: 160-185 GFLOP/s here against 85-115 for columns + BLAS).
+left one per row. BLAS's GEMM copies both operands into packed panels first, which for
+these products -- few output columns (32, 64), a long sum -- costs about as much as the
+multiply-adds, and the columns would have to be copied out of the frame before that
+(CIFAR-10 quick's 5x5 convolutions, one core: 140-185 GFLOP/s here against 85-115 for
+columns + BLAS). The weights come in chunks of one tile row's width (:func:`chunk`), each
+chunk contiguous.
 
 The kernel is written in LLVM IR (vector types and all) through numba's ``intrinsic``, as
 numba has no vector types of its own; the loops that call it are plain numba
