@@ -57,6 +57,8 @@ CASES = [  # (params, input shape, strategy)
     ("num_output: 64 kernel_size: 5 pad: 2", (2, 16, 5, 6), "channels_last"),
     # compiled: dx as the implicit GEMM of the padded top diff, dW in place
     ("num_output: 16 kernel_size: 3 pad: 1", (2, 16, 7, 6), "channels_last"),
+    # ... with the flipped weights in several chunks (48 = 3 x 16 bottom channels)
+    ("num_output: 16 kernel_size: 3 pad: 1", (2, 48, 5, 6), "channels_last"),
     # compiled forward and dW; dx (3 channels) through columns
     ("num_output: 32 kernel_size: 5 pad: 2", (3, 3, 8, 9), ("columns", "channels_last")),
     # compiled forward and dW; dx (stride 2) folded from slabs

@@ -27,7 +27,7 @@ from .. import parallel
 from .affine import Epilogue
 from . import jit_conv
 from .conv import (channels_last_conv, channels_last_tiles, column_matrix, column_tile_bytes,
-                   frame_channels_last)
+                   frame_channels_last, weight_columns)
 from .im2col import col2im, windows_channels_last
 from .scratch import buffer
 
@@ -78,12 +78,9 @@ def flipped_weight_columns(w, scratch: dict, chunk: int | None = None) -> np.nda
     """The backward-data convolution's weights, the matrix ``(kh*kw*O, C)`` (rows in
     channels-last window order of the top diff, ``w[o, c, kh-1-i, kw-1-j]`` at
     ``((i, j, o), c)``) in chunks of ``chunk`` columns: ``(C/chunk, kh*kw*O, chunk)``."""
-    O, C, kh, kw = w.shape
-    q = C if chunk is None else chunk
-    cols = buffer(scratch, "wflip", (C // q, kh, kw, O, q), w.dtype,
-                  copy_of=w[:, :, ::-1, ::-1].reshape(O, C // q, q, kh, kw)
-                  .transpose(1, 3, 4, 0, 2))
-    return cols.reshape(C // q, -1, q)
+    # the forward's weight columns of the flipped, transposed filters (C, O, kh, kw)
+    return weight_columns(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3),
+                          out=buffer(scratch, "wflip", (w.size,), w.dtype), chunk=chunk)
 
 
 def weight_slabs(w, scratch: dict) -> np.ndarray:
