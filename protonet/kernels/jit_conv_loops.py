@@ -33,6 +33,7 @@ V, REGISTERS = _host()
 #: rows of the result a tile keeps in registers, by vectors per row: the accumulators take
 #: three quarters of the vector registers
 ROWS = {32: {4: 6, 2: 12, 1: 24}, 16: {4: 3, 2: 6, 1: 12}}[REGISTERS]
+TALLEST = max(ROWS.values())  # the offsets a tile reads, one per row
 
 # prm, the tile's scalar arguments (an int64 array, so the calls stay short)
 A0, T1, ATS1, T2, ATS2, B0, BTS1, BTS2, C0, CRS, ACC = range(11)
@@ -192,7 +193,7 @@ def rows(frame, w, out, p0, p1, kh, sh, sw, dh, Ho, Wo, panel):
     O, span = chunks * q, K // kh  # kw*C contiguous values per kernel row
     nv = q // V
     a, b, c = frame.ravel(), w.ravel(), out.ravel()
-    offs = np.empty(32, np.int64)
+    offs = np.empty(TALLEST, np.int64)
     prm = np.zeros(11, np.int64)
     prm[ATS1], prm[T2], prm[ATS2] = dh * Wp * C, span, 1
     prm[BTS1], prm[BTS2], prm[CRS] = span * q, q, O
@@ -222,7 +223,7 @@ def weights(frame, dy, dw, kh, kw, sh, sw, dh, dwl):
     nv = _vectors(O)
     s0, s1, s2 = dy.strides[0] // 4, dy.strides[1] // 4, dy.strides[2] // 4
     a, c = frame.ravel(), dw.ravel()
-    offs = np.empty(32, np.int64)
+    offs = np.empty(TALLEST, np.int64)
     prm = np.zeros(11, np.int64)
     prm[T1], prm[ATS1], prm[T2], prm[ATS2] = Ho, sh * Wp * C, Wo, sw * C
     prm[BTS1], prm[BTS2], prm[CRS], prm[ACC] = s1, s2, O, 1
