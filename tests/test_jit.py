@@ -122,6 +122,8 @@ POOLS = [  # (input shape, kernel, stride, pad)
     ((1, 2, 7, 7), (7, 7), (1, 1), (0, 0)),
     ((2, 2, 11, 9), (3, 2), (3, 2), (2, 1)),
     ((1, 2, 5, 5), (2, 2), (1, 1), (1, 1)),
+    ((1, 2, 9, 8), (2, 2), (2, 2), (1, 1)),     # the 2x2 stride-2 loop with padding
+    ((2, 3, 4, 3), (3, 3), (2, 2), (1, 1)),     # 3x3 stride 2 on planes narrower than it
 ]
 
 
@@ -185,6 +187,13 @@ def test_max_choice_matches_the_numpy_kernel(shape, kernel, stride, pad, dtype):
     jit_pool.max_pool_choice_part(x, y, index, slice(0, shape[0]), kernel, stride, pad)
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(index, want_index)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
+def test_max_values_match_the_numpy_kernel_bit_for_bit(shape, kernel, stride, pad):
+    x = awkward(shape, np.float32, 7)  # NaN, -inf, -FLT_MAX, ties, a plane of NaN
+    want_y, _, _ = numpy_choice(x, kernel, stride, pad)
+    np.testing.assert_array_equal(pooled("MAX", x, kernel, stride, pad), want_y)
 
 
 @pytest.mark.parametrize("shape, kernel, stride, pad", POOLS)
