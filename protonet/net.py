@@ -25,7 +25,7 @@ from .layers import TEST, TRAIN, create_layer
 from .layers.python_layer import OpaqueLayer, native_layer_type
 from .memory import check_memory
 from .proto import caffe_pb2
-from .recycle import recycler_for, recycling
+from .recycle import recycler_for, recycling, share_layer_scratch
 
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
 #: the name Caffe gives the anonymous top of a loss layer declared without one
@@ -143,6 +143,8 @@ class Net:
         defer_chain_heads(self, self._chains)
         self._routes = route_into_concats(self, self._chains)
         self._recycler = recycler_for(self)  # blobs share buffers (protonet.recycle)
+        if self.fuse and self.phase == TEST:
+            share_layer_scratch(self)  # so do the layers' scratch buffers
         try:
             check_memory(self, memory_limit)
         except ProtonetError:

@@ -380,3 +380,41 @@ def test_a_pass_that_fails_part_way_leaves_every_blob_readable():
     # reads it as that pass computed it, not what its buffer holds now
     recycled.forward(start="c")
     assert_same(recycled, plain)
+
+
+#: convolutions of three strategies in a row (channels-last frames kept for backward, a 1x1
+#: GEMM, Caffe's columns), sized differently, so one shared scratch dict holds them all
+SCRATCH = ('name: "scratch" force_backward: true\n'
+           'layer { name: "data" type: "Input" top: "data" '
+           'input_param { shape { dim: 2 dim: 16 dim: 9 dim: 9 } } }\n'
+           + conv("w1", "data", 32) + relu("r1", "w1")
+           + conv("w2", "w1", 16) + conv("p", "w2", 8, kernel=1, pad=0)
+           + conv("c", "p", 5, kernel=3, pad=2))
+
+
+def test_the_convolutions_of_a_test_net_share_one_scratch_dict():
+    net, plain = pair(SCRATCH)
+    convs = [net.layer_dict[n] for n in ("w1", "w2", "p", "c")]
+    assert all(layer._buf is convs[0]._buf for layer in convs)
+    assert convs[0].strategy == "channels_last" and convs[3].strategy == "columns"
+    own = [plain.layer_dict[n]._buf for n in ("w1", "w2", "p", "c")]
+    assert len({id(b) for b in own}) == 4  # fuse=False: each its own
+    train = protonet.Net(parse_net(SCRATCH), protonet.TRAIN, seed=0)
+    assert len({id(train.layer_dict[n]._buf) for n in ("w1", "w2", "p", "c")}) == 4
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_layers_sharing_scratch_give_the_plain_nets_data_and_diffs(batch):
+    net, plain = pair(SCRATCH)
+    x = np.random.default_rng(3).standard_normal((batch, 16, 9, 9)).astype(np.float32)
+    for _ in range(2):  # the second pass: the buffers hold the other layers' last use
+        for n in (net, plain):
+            n.forward(data=x)
+        assert_same(net, plain)
+        dy = np.random.default_rng(4).standard_normal(plain.blobs["c"].shape)
+        for n in (net, plain):
+            n.backward(c=dy.astype(np.float32))
+        assert_same(net, plain, what="diff")
+        for layer in ("w1", "w2", "p", "c"):
+            for a, b in zip(net.layer_dict[layer].blobs, plain.layer_dict[layer].blobs):
+                np.testing.assert_allclose(a.diff, b.diff, rtol=1e-4, atol=1e-5)
